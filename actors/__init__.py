@@ -1,0 +1,1 @@
+"""The Ray deployments (thin shells) and the plain domain logic they own."""

@@ -1,0 +1,85 @@
+"""Accounts in Redis: one hash per account, an index from email to id, a set of key prefixes.
+
+The email index is keyed by a SHA-256 of the normalised address, so key names in Redis carry
+no personal data."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
+
+
+class AccountError(ValueError):
+    """A bad email, a duplicate account, an unknown account."""
+
+
+def account_key(account_id: str) -> str:
+    return f"neuroapi:account:{account_id}"
+
+
+def account_prefixes_key(account_id: str) -> str:
+    return f"neuroapi:account:{account_id}:keys"
+
+
+def _email_index_key(email: str) -> str:
+    return "neuroapi:account-by-email:" + hashlib.sha256(email.encode()).hexdigest()
+
+
+def normalise_email(email: str) -> str:
+    email = email.strip().lower()
+    if not _EMAIL.fullmatch(email):
+        raise AccountError("not a valid email address")
+    return email
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    email: str
+    status: str
+    created_at: int
+
+
+class AccountStore:
+    def __init__(self, redis: aioredis.Redis):
+        self._redis = redis
+
+    async def create(self, email: str) -> Account:
+        email = normalise_email(email)
+        account = Account("acct_" + secrets.token_hex(8), email, "active", int(time.time()))
+        if not await self._redis.set(_email_index_key(email), account.id, nx=True):
+            raise AccountError("an account with this email already exists")
+        await self._redis.hset(
+            account_key(account.id),
+            mapping={
+                "email": account.email,
+                "status": account.status,
+                "created_at": account.created_at,
+                "stripe_customer_id": "",
+                "stripe_subscription_id": "",
+            },
+        )
+        return account
+
+    async def get(self, account_id: str) -> Account | None:
+        fields = await self._redis.hgetall(account_key(account_id))
+        if not fields:
+            return None
+        return Account(account_id, fields["email"], fields["status"], int(fields["created_at"]))
+
+    async def by_email(self, email: str) -> Account | None:
+        account_id = await self._redis.get(_email_index_key(normalise_email(email)))
+        return await self.get(account_id) if account_id else None
+
+    async def require(self, email: str) -> Account:
+        account = await self.by_email(email)
+        if account is None:
+            raise AccountError("no account with this email")
+        return account

@@ -1,0 +1,57 @@
+"""The one error type the gateway answers with, in the OpenAI error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """An error a caller sees: an HTTP status and ``{"error": {message, type, param, code}}``.
+
+    Messages are written for the caller and never carry prompt text, secrets or an upstream's
+    raw body, so one can be logged or sent to error tracking as it is."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses Ray as a value
+        return (
+            GatewayError,
+            (self.status, self.message, self.type, self.code, self.param, self.headers),
+        )
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.status}, {self.code!r}, {self.message!r})"
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def invalid_api_key() -> GatewayError:
+    return GatewayError(
+        401,
+        "Invalid API key. Send 'Authorization: Bearer neuro_...' with a key from "
+        "'neuroapi keys create'.",
+        code="invalid_api_key",
+    )

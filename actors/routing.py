@@ -1,0 +1,121 @@
+"""Routing decisions, as plain functions over a routing table.
+
+The mode router deployment owns the table (the catalog filtered to the providers that are on)
+and hands it to ingress replicas, which decide per request without a hop: resolve the name the
+caller asked for, drop candidates that cannot honour the request's parameters, and order the
+rest (first attempt drawn by weight, weight-0 candidates kept as fallbacks in listed order)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from actors.errors import GatewayError
+from actors.providers import ADAPTERS
+from config.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    model: str
+    provider: str
+    adapter: str
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedBackend:
+    backend: Backend
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    mode: str | None  # None when the caller named a model
+    candidates: tuple[WeightedBackend, ...]
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    modes: dict[str, tuple[WeightedBackend, ...]]  # only modes with something available
+    models: dict[str, Backend]  # only models whose provider is on
+    catalog_names: frozenset[str]  # every mode and model the catalog knows
+
+    def resolve(self, model: str, mode: str | None = None) -> Route:
+        if mode is not None:
+            candidates = self._mode(mode, param="mode")
+            if model == mode:
+                return Route(mode, candidates)
+            pinned = tuple(c for c in candidates if c.backend.model == model)
+            if not pinned:
+                raise GatewayError(
+                    400,
+                    f"'model' must be the mode's name or one of its models when 'mode' is "
+                    f"given; '{model}' is not in mode '{mode}'.",
+                    code="model_not_in_mode", param="model",
+                )
+            return Route(mode, pinned)
+        if model in self.models:
+            return Route(None, (WeightedBackend(self.models[model], 1.0),))
+        return Route(model, self._mode(model, param="model"))
+
+    def _mode(self, name: str, param: str) -> tuple[WeightedBackend, ...]:
+        if name in self.modes:
+            return self.modes[name]
+        if name in self.catalog_names:
+            raise GatewayError(
+                404,
+                f"'{name}' is not available on this gateway: no provider that serves it is "
+                "configured. GET /v1/models lists what you can use.",
+                code="model_not_available", param=param,
+            )
+        raise GatewayError(
+            404,
+            f"The model or mode '{name}' does not exist. GET /v1/models lists what you can use.",
+            code="model_not_found", param=param,
+        )
+
+    def listing(self) -> list[str]:
+        return sorted(self.modes) + sorted(self.models)
+
+
+def build_routing_table(settings: Settings, enabled_providers: Iterable[str]) -> RoutingTable:
+    enabled = set(enabled_providers)
+    models = {
+        model: Backend(model, name, provider.adapter)
+        for name, provider in settings.providers.items()
+        if name in enabled
+        for model in provider.models
+    }
+    modes = {}
+    for name, mode in settings.modes.items():
+        available = tuple(
+            WeightedBackend(models[c.model], c.weight) for c in mode.candidates if c.model in models
+        )
+        if available:
+            modes[name] = available
+    names = frozenset(settings.modes) | {m for p in settings.providers.values() for m in p.models}
+    return RoutingTable(modes, models, names)
+
+
+def attempt_order(route: Route, body: dict[str, Any], rng: random.Random) -> list[Backend]:
+    """The backends to try, in order. Raises 400 if none can honour the request as asked."""
+    able: list[WeightedBackend] = []
+    reasons: list[str] = []
+    for candidate in route.candidates:
+        reason = ADAPTERS[candidate.backend.adapter].unsupported(body)
+        if reason is None:
+            able.append(candidate)
+        elif reason not in reasons:
+            reasons.append(reason)
+    if not able:
+        raise GatewayError(400, "Unsupported parameter: " + "; ".join(reasons) + ".",
+                           code="unsupported_parameter")
+    # Efraimidis-Spirakis: sorting by u^(1/w) draws a weighted order in one pass.
+    weighted = sorted(
+        (c for c in able if c.weight > 0),
+        key=lambda c: rng.random() ** (1.0 / c.weight),
+        reverse=True,
+    )
+    return [c.backend for c in weighted] + [c.backend for c in able if c.weight == 0]

@@ -1,0 +1,57 @@
+"""The catalog: which providers exist, which models they serve, how modes pick among them,
+and what each model costs. Plain pydantic models so a bad YAML file fails with the field's path."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderSpec(_Strict):
+    """A third-party provider reached through one adapter module in ``actors/providers``."""
+
+    adapter: Literal["openai", "anthropic", "deepseek"]
+    base_url: HttpUrl
+    credential_env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    models: list[str] = Field(min_length=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Longest silence tolerated between bytes of an answer (a long prompt can think a while).
+    read_timeout_s: float = Field(default=300.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+    # Anthropic requires max_tokens; used when the caller sends none.
+    default_max_tokens: int = Field(default=4096, ge=1)
+    replicas: int = Field(default=1, ge=1)
+
+    @property
+    def base_url_str(self) -> str:
+        return str(self.base_url).rstrip("/")
+
+
+class Candidate(_Strict):
+    model: str
+    # Relative share of first attempts; 0 = used only as a fallback, in listed order.
+    weight: float = Field(default=1.0, ge=0)
+
+
+class ModeSpec(_Strict):
+    description: str = ""
+    candidates: list[Candidate] = Field(min_length=1)
+
+
+class Price(_Strict):
+    """cost_units per million tokens (1 cost_unit = US$0.000001)."""
+
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+
+    @field_validator("input", "output", mode="before")
+    @classmethod
+    def _no_float_drift(cls, value: object) -> object:
+        # YAML floats such as 0.1 are not exact; go through their text.
+        return str(value) if isinstance(value, float) else value

@@ -1,0 +1,157 @@
+"""Settings: the shipped default catalogs, overlaid by a YAML file, overlaid by environment.
+
+Precedence, lowest first: ``config/defaults/*.yaml`` < the file named by ``--config`` or
+``NEUROAPI_CONFIG`` < environment variables. A mapping in the file is merged into the default
+one key by key; a key set to ``null`` removes a default entry (a provider, a mode)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from config.catalog import ModeSpec, Price, ProviderSpec
+
+CATALOG_SECTIONS = ("providers", "modes", "prices")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names each bad field."""
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "neuroapi"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # None = start a local redis-server child with its data under data_dir.
+    redis_url: str | None = None
+    data_dir: Path
+    # None = NEUROAPI_PEPPERS / NEUROAPI_ENVELOPE_KEYS, else a generated dev file in data_dir.
+    secrets_file: Path | None = None
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    ingress_replicas: int = Field(default=1, ge=1)
+    verifier_replicas: int = Field(default=2, ge=1)
+    providers: dict[str, ProviderSpec]
+    modes: dict[str, ModeSpec]
+    prices: dict[str, Price]
+
+    @model_validator(mode="after")
+    def _catalog_is_consistent(self) -> "Settings":
+        problems: list[str] = []
+        owner: dict[str, str] = {}
+        for provider_name, provider in self.providers.items():
+            for model in provider.models:
+                if model in owner:
+                    problems.append(
+                        f"providers.{provider_name}.models: '{model}' is already served by "
+                        f"provider '{owner[model]}'"
+                    )
+                owner[model] = provider_name
+                if model not in self.prices:
+                    problems.append(f"prices: no price for model '{model}'")
+        for mode_name, mode in self.modes.items():
+            if mode_name in owner:
+                problems.append(f"modes.{mode_name}: a mode cannot share a model's name")
+            for index, candidate in enumerate(mode.candidates):
+                if candidate.model not in owner:
+                    problems.append(
+                        f"modes.{mode_name}.candidates.{index}.model: unknown model "
+                        f"'{candidate.model}'"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def provider_of(self, model: str) -> str:
+        for name, provider in self.providers.items():
+            if model in provider.models:
+                return name
+        raise KeyError(model)
+
+    def enabled_providers(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Providers whose credential variable is set; the others are not offered."""
+        environ = os.environ if environ is None else environ
+        return [n for n, p in self.providers.items() if environ.get(p.credential_env)]
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _defaults() -> dict[str, Any]:
+    folder = resources.files("config") / "defaults"
+    return {s: yaml.safe_load((folder / f"{s}.yaml").read_text()) for s in CATALOG_SECTIONS}
+
+
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _environment_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for field, variable in (
+        ("redis_url", "NEUROAPI_REDIS_URL"),
+        ("host", "NEUROAPI_HOST"),
+        ("port", "NEUROAPI_PORT"),
+        ("data_dir", "NEUROAPI_DATA_DIR"),
+        ("secrets_file", "NEUROAPI_SECRETS_FILE"),
+    ):
+        if environ.get(variable):
+            overrides[field] = environ[variable]
+    for name in raw.get("providers") or {}:
+        base_url = environ.get(f"NEUROAPI_{name.upper()}_BASE_URL")
+        if base_url:
+            overrides.setdefault("providers", {})[name] = {"base_url": base_url}
+    return overrides
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config_path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = _defaults()
+    config_path = config_path or environ.get("NEUROAPI_CONFIG")
+    source = "the default catalog"
+    if config_path:
+        source = str(config_path)
+        overlay = _read_yaml(Path(config_path))
+        if not isinstance(overlay, Mapping):
+            raise ConfigError(f"{config_path}: the top level must be a mapping of settings")
+        raw = _merge(raw, overlay)
+    raw = _merge(raw, _environment_overrides(raw, environ))
+    raw.setdefault("data_dir", str(default_data_dir(environ)))
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"invalid configuration ({source}):\n{_describe(error)}") from None

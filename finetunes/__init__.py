@@ -1,0 +1,1 @@
+"""Fine-tune artifacts: validation, the registry, deploy / roll back / retire."""

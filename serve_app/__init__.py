@@ -1,0 +1,1 @@
+"""The Serve application: ingress routes, wire schemas, error mapping, the ``neuroapi`` CLI."""

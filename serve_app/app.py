@@ -1,0 +1,35 @@
+"""``build_app()``: the NeuroAPI Serve application graph.
+
+    Ingress ──▶ KeyVerifier pool        (on a key-cache miss only)
+       │   ──▶ ModeRouter               (once, for the routing table)
+       └──────▶ Provider-<name> proxies (one hop per request)
+
+Only providers whose credential is set get a proxy; the others are not offered."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from ray.serve import Application
+
+from actors.key_verifier import KeyVerifier
+from actors.mode_router import ModeRouter
+from actors.provider_proxy import ProviderProxy
+from config.settings import Settings
+from serve_app.ingress import Ingress
+
+
+def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | None = None) -> Application:
+    enabled = settings.enabled_providers(os.environ if environ is None else environ)
+    verifier = KeyVerifier.options(num_replicas=settings.verifier_replicas).bind(settings, redis_url)
+    router = ModeRouter.bind(settings, enabled)
+    proxies = {
+        name: ProviderProxy.options(
+            name=f"Provider-{name}", num_replicas=settings.providers[name].replicas
+        ).bind(settings.providers[name])
+        for name in enabled
+    }
+    return Ingress.options(num_replicas=settings.ingress_replicas).bind(
+        redis_url, settings.max_body_bytes, verifier, router, proxies
+    )

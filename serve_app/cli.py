@@ -1,0 +1,162 @@
+"""The ``neuroapi`` command: run the gateway, manage accounts and keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from actors.accounts import AccountError, AccountStore
+from actors.invalidation import InvalidationTimeout
+from actors.key_crypto import KeyCrypto
+from actors.key_store import KeyStore
+from actors.redis_conn import connect
+from config.secrets import load_key_material
+from config.settings import ConfigError, Settings, load_settings
+from serve_app import log_scrub
+from serve_app.local_redis import LocalRedis, LocalRedisError
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def redis_url_for(settings: Settings) -> Iterator[str]:
+    """The configured Redis, or the embedded one (started for the command if not running)."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    with LocalRedis(settings.data_dir) as local:
+        yield local.url
+
+
+def _provider_lines(settings: Settings) -> list[str]:
+    enabled = set(settings.enabled_providers())
+    return [
+        f"    {name:<10} {'on ' if name in enabled else 'off'}  "
+        + (f"models: {', '.join(spec.models)}" if name in enabled else f"(set {spec.credential_env} to enable)")
+        for name, spec in settings.providers.items()
+    ]
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from serve_app import runtime
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = settings.model_copy(update=overrides)
+    _, generated = load_key_material(settings, create=True)
+    local = None if settings.redis_url else LocalRedis(settings.data_dir)
+    try:
+        redis_url = settings.redis_url or local.start(hold=True).url
+        say("NeuroAPI gateway")
+        say(f"  redis:   {'external (NEUROAPI_REDIS_URL)' if local is None else f'local redis-server, data in {local.folder}'}")
+        if generated:
+            say(f"  secrets: generated development key material in {settings.data_dir / 'secrets.json'}"
+                " (set NEUROAPI_PEPPERS and NEUROAPI_ENVELOPE_KEYS in production)")
+        say("  providers:")
+        for line in _provider_lines(settings):
+            say(line)
+        if not settings.enabled_providers():
+            say("  no provider is configured: set OPENAI_API_KEY, ANTHROPIC_API_KEY or DEEPSEEK_API_KEY")
+        say("  starting Ray Serve ...")
+        url = runtime.start_gateway(settings, redis_url)
+        say(f"  ready:   {url}/v1  (OpenAI-compatible; Ctrl-C stops)")
+        stop = asyncio.Event()
+
+        async def wait() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+
+        asyncio.run(wait())
+        say("stopping ...")
+        runtime.stop_gateway()
+        return 0
+    finally:
+        if local is not None:
+            local.stop()
+
+
+async def _accounts_create(redis_url: str, settings: Settings, email: str) -> int:
+    account = await AccountStore(connect(redis_url)).create(email)
+    say(f"created account {account.id} for {account.email}")
+    return 0
+
+
+def _key_store(redis_url: str, settings: Settings) -> KeyStore:
+    material, generated = load_key_material(settings, create=True)
+    if generated:
+        say(f"generated development key material in {settings.data_dir / 'secrets.json'}")
+    return KeyStore(connect(redis_url), KeyCrypto(material))
+
+
+async def _keys_create(redis_url: str, settings: Settings, email: str, name: str) -> int:
+    redis = connect(redis_url)
+    account = await AccountStore(redis).require(email)
+    plaintext, info = await _key_store(redis_url, settings).create(account.id, name)
+    say(f"created key {info.prefix} for {account.email}; it is shown once, store it now:")
+    print(plaintext, flush=True)
+    return 0
+
+
+async def _keys_list(redis_url: str, settings: Settings, email: str) -> int:
+    account = await AccountStore(connect(redis_url)).require(email)
+    for info in await _key_store(redis_url, settings).list(account.id):
+        print(f"{info.prefix}\t{info.status}\t{info.name}")
+    return 0
+
+
+async def _keys_revoke(redis_url: str, settings: Settings, prefix: str) -> int:
+    confirmed = await _key_store(redis_url, settings).revoke(prefix)
+    say(f"revoked {prefix}; {confirmed} gateway replica(s) confirmed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuroapi", description=__doc__)
+    parser.add_argument("--config", help="a YAML settings file (default: NEUROAPI_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    accounts = commands.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
+    accounts.add_parser("create", help="create an account").add_argument("email")
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="mint a key; prints it alone on stdout, once")
+    create.add_argument("email")
+    create.add_argument("--name", default="")
+    keys.add_parser("list", help="list an account's key prefixes").add_argument("email")
+    keys.add_parser("revoke", help="revoke a key: rejected everywhere once this returns").add_argument("prefix")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    log_scrub.install()
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        if args.command == "serve":
+            return cmd_serve(args, settings)
+        action = {
+            ("accounts", "create"): lambda url: _accounts_create(url, settings, args.email),
+            ("keys", "create"): lambda url: _keys_create(url, settings, args.email, args.name),
+            ("keys", "list"): lambda url: _keys_list(url, settings, args.email),
+            ("keys", "revoke"): lambda url: _keys_revoke(url, settings, args.prefix),
+        }[(args.command, args.action)]
+        with redis_url_for(settings) as url:
+            return asyncio.run(action(url))
+    except (ConfigError, LocalRedisError, AccountError, LookupError, InvalidationTimeout) as error:
+        say(f"neuroapi: {error}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

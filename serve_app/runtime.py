@@ -1,0 +1,72 @@
+"""Starting NeuroAPI on Ray Serve: the Serve settings we chose, and readiness.
+
+Why these settings (measured in docs/performance.md): Serve's HAProxy ingress with
+throughput-optimised replicas cuts the latency Serve itself adds several-fold against its
+Python proxy, so they are NeuroAPI's defaults. They are read when Ray starts, so they are set
+in the environment before ``ray`` is imported; a value already in the environment wins."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+
+from serve_app import request_id
+
+SERVE_ENVIRONMENT = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": request_id.IMPORT_PATH,
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def prepare_environment() -> None:
+    for name, value in SERVE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
+def wait_until_ready(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gateway did not answer on {url} within {timeout_s:.0f}s")
+        time.sleep(0.2)
+
+
+def start_gateway(settings, redis_url: str, num_cpus: int | None = None) -> str:
+    """Start (or join, with RAY_ADDRESS) Ray, deploy the application, return its base URL."""
+    prepare_environment()
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level="WARNING",
+            log_to_driver=False,
+        )
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(build_app(settings, redis_url), name="neuroapi", route_prefix="/")
+    url = f"http://{settings.host}:{settings.port}"
+    wait_until_ready(url)
+    return url
+
+
+def stop_gateway() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,107 @@
+"""The wire schema of the OpenAI-compatible API, in one place.
+
+Strict on purpose: a parameter NeuroAPI would not honour is a 400 that names it, never silently
+dropped. ``mode`` is our one addition to OpenAI's request."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from actors.errors import GatewayError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, str]]
+    name: str | None = Field(default=None, max_length=256)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content: Any) -> Any:
+        if isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise ValueError(f"only text content parts are supported, not '{kind}'")
+                if not isinstance(part.get("text"), str) or set(part) != {"type", "text"}:
+                    raise ValueError("a text part is exactly {\"type\": \"text\", \"text\": \"...\"}")
+        return content
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Strict):
+    model: str = Field(min_length=1, max_length=256)
+    mode: str | None = Field(default=None, min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    n: Literal[1] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    user: str | None = Field(default=None, max_length=256)
+    logprobs: Literal[False] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stop
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChatCompletionRequest":
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise ValueError("send max_tokens or max_completion_tokens, not both")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        return self
+
+    @property
+    def wants_usage_in_stream(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def upstream_body(self) -> dict[str, Any]:
+        """The request as every adapter reads it: only what the caller set, minus our fields."""
+        return self.model_dump(exclude_none=True, exclude={"mode", "n", "logprobs", "stream_options"})
+
+
+def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate_json(raw)
+    except ValidationError as error:
+        raise _as_gateway_error(error) from None
+
+
+def _as_gateway_error(error: ValidationError) -> GatewayError:
+    first = error.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("list[", "str")))
+    if first["type"] == "json_invalid":
+        return GatewayError(400, "The request body is not valid JSON.", code="invalid_json")
+    if first["type"] == "model_type" and not first["loc"]:
+        return GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
+    if first["type"] == "extra_forbidden":
+        return GatewayError(
+            400, f"Unsupported parameter: '{where}' is not supported by NeuroAPI.",
+            code="unsupported_parameter", param=where,
+        )
+    if first["type"] == "missing":
+        return GatewayError(400, f"Missing required parameter: '{where}'.",
+                            code="missing_required_parameter", param=where)
+    message = first["msg"].removeprefix("Value error, ")
+    return GatewayError(400, f"Invalid value for '{where or 'body'}': {message}.",
+                        code="invalid_value", param=where or None)
