@@ -8,6 +8,7 @@ in the environment before ``ray`` is imported; a value already in the environmen
 from __future__ import annotations
 
 import os
+import socket
 import time
 import urllib.request
 
@@ -21,9 +22,22 @@ SERVE_ENVIRONMENT = {
 }
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
 def prepare_environment() -> None:
     for name, value in SERVE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    # Serve's HAProxy mode listens on fixed ports besides ours: stats (8404), metrics (9101)
+    # and the fallback proxy (8500) that HAProxy sends requests to while no replica is up.
+    # Two gateways on one machine would share that fallback and answer for each other, so
+    # each gets free ones.
+    for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                 "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"):
+        os.environ.setdefault(name, str(_free_port()))
 
 
 def wait_until_ready(url: str, timeout_s: float = 120.0) -> None:
@@ -50,7 +64,8 @@ def start_gateway(settings, redis_url: str, num_cpus: int | None = None) -> str:
 
     if not ray.is_initialized():
         ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
+            # "local" starts our own Ray even when another one runs on this machine.
+            address=os.environ.get("RAY_ADDRESS") or "local",
             num_cpus=num_cpus,
             include_dashboard=False,
             logging_level="WARNING",

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+ANTHROPIC_VERSIONS = {"2023-06-01", "2026-10-21"}
 CREDENTIALS = {"openai": "sk-test-openai", "deepseek": "sk-test-deepseek", "anthropic": "sk-ant-test"}
 
 
@@ -193,9 +194,12 @@ class FakeUpstreams:
     # -- Anthropic -------------------------------------------------------------------------
     async def _anthropic(self, request: Request) -> Response:
         recorded, behaviour = await self._record("anthropic", request)
-        if request.headers.get("x-api-key") != CREDENTIALS["anthropic"]:
+        # The API takes the key as x-api-key (what NeuroAPI sends) or as a Bearer token
+        # (what the current official SDK sends), and any published version date.
+        presented = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        if presented != CREDENTIALS["anthropic"]:
             return _anthropic_error(401, "authentication_error", "invalid x-api-key")
-        if request.headers.get("anthropic-version") != "2023-06-01":
+        if request.headers.get("anthropic-version") not in ANTHROPIC_VERSIONS:
             return _anthropic_error(400, "invalid_request_error", "anthropic-version header is required")
         body = recorded.body
         if "max_tokens" not in body:

@@ -1,0 +1,154 @@
+"""Shared fixtures: a real redis-server of our own, fake upstream providers on loopback, and
+one real Ray Serve gateway per test session (started only if a test asks for it)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+from cryptography.fernet import Fernet
+
+from tests.fakes.upstreams import CREDENTIALS, FakeUpstreams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    folder: Path
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+
+def start_redis(folder: Path) -> RedisServer:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (the .ci/run script installs it)")
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+         "--appendonly", "no", "--daemonize", "no", "--logfile", str(folder / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    server = RedisServer(f"redis://127.0.0.1:{port}/0", port, process, folder)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if server.client().ping():
+                return server
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def fakes() -> Iterator[FakeUpstreams]:
+    upstreams = FakeUpstreams().start()
+    yield upstreams
+    upstreams.stop()
+
+
+@pytest.fixture
+def upstreams(fakes: FakeUpstreams) -> FakeUpstreams:
+    """The shared fakes, with a clean record and no scripted failures left over."""
+    fakes.reset()
+    return fakes
+
+
+def key_material_environment() -> dict[str, str]:
+    pepper = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    return {
+        "NEUROAPI_PEPPERS": f"1:{pepper}",
+        "NEUROAPI_ENVELOPE_KEYS": f"1:{Fernet.generate_key().decode()}",
+    }
+
+
+def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
+    """Test catalog additions: a provider that refuses connections, and modes to exercise
+    fallback deterministically (weight 0 = fallback only)."""
+    return {
+        "providers": {
+            "unreachable": {
+                "adapter": "openai",
+                "base_url": f"http://127.0.0.1:{closed_port}/v1",
+                "credential_env": "OPENAI_API_KEY",
+                "models": ["dead-model"],
+                "connect_timeout_s": 2,
+            },
+        },
+        "prices": {"dead-model": {"input": 1, "output": 1}},
+        "modes": {
+            "resilient": {"candidates": [{"model": "dead-model", "weight": 1},
+                                         {"model": "gpt-4o-mini", "weight": 0}]},
+            "cross-provider": {"candidates": [{"model": "deepseek-chat", "weight": 1},
+                                              {"model": "claude-haiku-4-5", "weight": 0}]},
+        },
+    }
+
+
+@dataclass
+class Gateway:
+    url: str
+    redis: RedisServer
+    environ: dict[str, str]
+    data_dir: Path
+    config_path: Path
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    redis_server: RedisServer, fakes: FakeUpstreams, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """One real Ray Serve deployment of the whole application for the session."""
+    folder = tmp_path_factory.mktemp("gateway")
+    config_path = folder / "neuroapi.yaml"
+    config_path.write_text(yaml.safe_dump(gateway_config(fakes, free_port())))
+    environ = {
+        "NEUROAPI_REDIS_URL": redis_server.url,
+        "NEUROAPI_DATA_DIR": str(folder / "data"),
+        "NEUROAPI_PORT": str(free_port()),
+        "OPENAI_API_KEY": CREDENTIALS["openai"],
+        "ANTHROPIC_API_KEY": CREDENTIALS["anthropic"],
+        "DEEPSEEK_API_KEY": CREDENTIALS["deepseek"],
+        **{f"NEUROAPI_{name.upper()}_BASE_URL": url for name, url in fakes.base_urls().items()},
+        **key_material_environment(),
+    }
+    os.environ.update(environ)  # Ray's workers inherit the driver's environment
+    from config.settings import load_settings
+    from serve_app import runtime
+
+    settings = load_settings(config_path)
+    url = runtime.start_gateway(settings, redis_server.url, num_cpus=2)
+    yield Gateway(url, redis_server, environ, folder / "data", config_path)
+    runtime.stop_gateway()

@@ -1,0 +1,71 @@
+"""Fallback and relay rules, over real provider clients (fake upstreams), without Ray."""
+
+import json
+
+import pytest
+
+from actors.errors import GatewayError
+from actors.providers.base import UpstreamCall
+from actors.routing import Backend
+from serve_app.chat import Outcome, complete_chat, open_chat_stream
+from tests.fakes.upstreams import Behaviour
+from tests.unit.test_provider_client import client_for
+
+ORDER = [Backend("deepseek-chat", "deepseek", "deepseek"), Backend("claude-haiku-4-5", "anthropic", "anthropic")]
+CALL = UpstreamCall("req-1", "", {"messages": [{"role": "user", "content": "hi there"}]}, False)
+
+
+class DirectBackends:
+    def __init__(self, upstreams):
+        self._clients = {p: client_for(upstreams, p) for p in ("deepseek", "anthropic")}
+
+    async def complete(self, provider, call):
+        return await self._clients[provider].complete(call)
+
+    def stream(self, provider, call):
+        return self._clients[provider].stream(call)
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_non_streamed_call_falls_back_after_a_retriable_failure(upstreams, status):
+    upstreams.script("deepseek-chat", Behaviour(status=status))
+    outcome = Outcome()
+    completion = await complete_chat(DirectBackends(upstreams), ORDER, CALL, outcome)
+    assert json.loads(completion.body)["model"] == "claude-haiku-4-5"
+    assert outcome.backend.provider == "anthropic"
+    assert [r.provider for r in upstreams.requests] == ["deepseek", "anthropic"]
+
+
+async def test_a_bad_request_is_not_retried_elsewhere(upstreams):
+    upstreams.script("deepseek-chat", Behaviour(status=400))
+    with pytest.raises(GatewayError) as error:
+        await complete_chat(DirectBackends(upstreams), ORDER, CALL, Outcome())
+    assert error.value.status == 400
+    assert [r.provider for r in upstreams.requests] == ["deepseek"]
+
+
+async def test_when_every_candidate_fails_the_last_failure_is_returned(upstreams):
+    upstreams.script("deepseek-chat", Behaviour(status=503))
+    upstreams.script("claude-haiku-4-5", Behaviour(status=429))
+    with pytest.raises(GatewayError) as error:
+        await complete_chat(DirectBackends(upstreams), ORDER, CALL, Outcome())
+    assert error.value.status == 429
+
+
+async def test_stream_falls_back_before_the_first_byte(upstreams):
+    upstreams.script("deepseek-chat", Behaviour(status=502))
+    body = b"".join([piece async for piece in await open_chat_stream(DirectBackends(upstreams), ORDER, CALL, Outcome())])
+    assert b"claude-haiku-4-5" in body and body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_stream_failure_after_the_first_byte_sends_an_error_event_and_no_done(upstreams):
+    upstreams.script("deepseek-chat", Behaviour(mid_stream_error=True))
+    outcome = Outcome()
+    events = await open_chat_stream(DirectBackends(upstreams), ORDER, UpstreamCall(
+        "r", "", {"messages": [{"role": "user", "content": "a b c d e f"}]}, False), outcome)
+    body = b"".join([piece async for piece in events])
+    last = body.strip().split(b"\n\n")[-1]
+    assert json.loads(last.removeprefix(b"data: "))["error"]["code"] == "upstream_error"
+    assert b"[DONE]" not in body
+    assert outcome.error is not None
+    assert [r.provider for r in upstreams.requests] == ["deepseek"]  # never restarted elsewhere

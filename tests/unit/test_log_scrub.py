@@ -1,0 +1,24 @@
+import logging
+
+from actors.api_keys import generate_key
+from serve_app import log_scrub
+
+
+def test_log_lines_keep_the_key_prefix_and_lose_every_secret(caplog):
+    log_scrub.install()
+    plaintext, parsed = generate_key()
+    logger = logging.getLogger("neuroapi.test")
+    with caplog.at_level(logging.INFO):
+        logger.info("key %s used", plaintext)
+        logger.info("headers {'authorization': 'Bearer %s', 'x-api-key': 'sk-ant-api03-abcdefghijkl'}", plaintext)
+        logger.warning("upstream said: Incorrect API key provided: sk-proj-abcdefghijklmnop")
+    text = caplog.text
+    assert parsed.secret not in text and "abcdefghijkl" not in text
+    assert parsed.prefix in text  # the public id stays, for support
+
+
+def test_install_is_idempotent():
+    log_scrub.install()
+    factory = logging.getLogRecordFactory()
+    log_scrub.install()
+    assert logging.getLogRecordFactory() is factory

@@ -1,0 +1,59 @@
+import random
+from collections import Counter
+
+import pytest
+
+from actors.errors import GatewayError
+from actors.routing import attempt_order, build_routing_table
+from config.settings import load_settings
+
+SETTINGS = load_settings(environ={})
+ALL = build_routing_table(SETTINGS, ["openai", "anthropic", "deepseek"])
+
+
+def test_a_concrete_model_routes_to_its_provider_only():
+    route = ALL.resolve("claude-haiku-4-5")
+    assert route.mode is None
+    assert [(c.backend.provider, c.backend.model) for c in route.candidates] == [("anthropic", "claude-haiku-4-5")]
+
+
+def test_first_attempt_follows_weights_and_zero_weight_is_fallback_only():
+    route = ALL.resolve("fast")  # gpt-4o-mini 3, claude-haiku-4-5 1, deepseek-chat 0
+    rng = random.Random(7)
+    orders = [attempt_order(route, {}, rng) for _ in range(4000)]
+    firsts = Counter(order[0].model for order in orders)
+    assert 0.70 < firsts["gpt-4o-mini"] / 4000 < 0.80
+    assert all(order[-1].model == "deepseek-chat" for order in orders)
+    assert all(len(order) == 3 for order in orders)
+
+
+def test_candidates_whose_provider_is_off_are_skipped():
+    table = build_routing_table(SETTINGS, ["anthropic"])
+    assert [c.backend.model for c in table.resolve("fast").candidates] == ["claude-haiku-4-5"]
+    assert "cheap" not in table.listing()  # nothing in it is available
+    assert "claude-haiku-4-5" in table.listing() and "gpt-4o-mini" not in table.listing()
+
+
+@pytest.mark.parametrize("name, code", [("nope", "model_not_found"), ("gpt-4o-mini", "model_not_available"),
+                                        ("cheap", "model_not_available")])
+def test_unknown_and_unavailable_names_are_404s_that_say_which(name, code):
+    table = build_routing_table(SETTINGS, ["anthropic"])
+    with pytest.raises(GatewayError) as error:
+        table.resolve(name)
+    assert (error.value.status, error.value.code) == (404, code)
+
+
+def test_mode_field_pins_a_model_of_that_mode_or_rejects_it():
+    assert [c.backend.model for c in ALL.resolve("claude-haiku-4-5", mode="fast").candidates] == ["claude-haiku-4-5"]
+    assert len(ALL.resolve("fast", mode="fast").candidates) == 3
+    with pytest.raises(GatewayError) as error:
+        ALL.resolve("gpt-5.4", mode="fast")
+    assert (error.value.status, error.value.param) == (400, "model")
+
+
+def test_candidates_that_cannot_honour_a_parameter_are_dropped():
+    order = attempt_order(ALL.resolve("fast"), {"presence_penalty": 1.0}, random.Random(1))
+    assert "claude-haiku-4-5" not in [b.model for b in order]
+    with pytest.raises(GatewayError) as error:
+        attempt_order(ALL.resolve("claude-haiku-4-5"), {"seed": 4}, random.Random(1))
+    assert error.value.status == 400 and "seed" in error.value.message
