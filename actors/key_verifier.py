@@ -7,6 +7,7 @@ from ray import serve
 from actors.key_crypto import KeyCrypto
 from actors.key_store import KeyStore, VerifiedKey
 from actors.redis_conn import connect
+from config import logs
 from config.secrets import load_key_material
 from config.settings import Settings
 
@@ -14,6 +15,7 @@ from config.settings import Settings
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 class KeyVerifier:
     def __init__(self, settings: Settings, redis_url: str):
+        logs.install(in_replica=True)
         material, _ = load_key_material(settings)
         self._keys = KeyStore(connect(redis_url), KeyCrypto(material))
 

@@ -12,12 +12,14 @@ from ray import serve
 from actors.providers import ADAPTERS
 from actors.providers.base import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
 from actors.providers.client import ProviderClient
+from config import logs
 from config.catalog import ProviderSpec
 
 
 @serve.deployment(max_ongoing_requests=2000, ray_actor_options={"num_cpus": 0})
 class ProviderProxy:
     def __init__(self, spec: ProviderSpec):
+        logs.install(in_replica=True)
         api_key = os.environ.get(spec.credential_env)
         if not api_key:
             raise RuntimeError(f"{spec.credential_env} is not set in this replica's environment")

@@ -47,7 +47,7 @@ class Settings(BaseModel):
     prices: dict[str, Price]
 
     @model_validator(mode="after")
-    def _catalog_is_consistent(self) -> "Settings":
+    def _catalog_is_consistent(self) -> Settings:
         problems: list[str] = []
         owner: dict[str, str] = {}
         for provider_name, provider in self.providers.items():

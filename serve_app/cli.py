@@ -14,9 +14,9 @@ from actors.invalidation import InvalidationTimeout
 from actors.key_crypto import KeyCrypto
 from actors.key_store import KeyStore
 from actors.redis_conn import connect
+from config import logs
 from config.secrets import load_key_material
 from config.settings import ConfigError, Settings, load_settings
-from serve_app import log_scrub
 from serve_app.local_redis import LocalRedis, LocalRedisError
 
 
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    log_scrub.install()
+    logs.install()
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)

@@ -23,7 +23,7 @@ from actors.invalidation import InvalidationListener
 from actors.key_store import KEYS_TOPIC, VerifiedKey
 from actors.providers.base import Completion, UpstreamCall, UpstreamFailure
 from actors.routing import RoutingTable, attempt_order
-from serve_app import log_scrub
+from config import logs
 from serve_app.chat import Outcome, StreamItem, complete_chat, open_chat_stream
 from serve_app.key_cache import VerifiedKeyCache, fingerprint
 from serve_app.schemas import parse_chat_request
@@ -108,7 +108,7 @@ class Ingress:
         router: DeploymentHandle,
         proxies: dict[str, DeploymentHandle],
     ):
-        log_scrub.install()
+        logs.install(in_replica=True)
         self._max_body_bytes = max_body_bytes
         self._verifier = verifier
         self._backends = RayBackends(proxies)

@@ -44,7 +44,7 @@ class LocalRedis:
     def started_here(self) -> bool:
         return self._process is not None
 
-    def start(self, hold: bool = False) -> "LocalRedis":
+    def start(self, hold: bool = False) -> LocalRedis:
         """Use the one already running for this data directory, or start one.
 
         ``hold`` (for ``neuroapi serve``): keep the lock even when reusing a running one, so
@@ -97,7 +97,7 @@ class LocalRedis:
             self._lock_file.close()
             self._lock_file = None
 
-    def __enter__(self) -> "LocalRedis":
+    def __enter__(self) -> LocalRedis:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -19,6 +19,10 @@ SERVE_ENVIRONMENT = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": request_id.IMPORT_PATH,
     "RAY_USAGE_STATS_ENABLED": "0",
+    # How long a stopping ingress replica keeps its port for load balancers to deregister it.
+    # Serve's 30 s suits a cloud load balancer; our HAProxy on the same node needs seconds.
+    # Behind an external load balancer, set it to that balancer's deregistration delay.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
 }
 
 

@@ -64,7 +64,7 @@ class ChatCompletionRequest(_Strict):
         return stop
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ChatCompletionRequest":
+    def _consistent(self) -> ChatCompletionRequest:
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ValueError("send max_tokens or max_completion_tokens, not both")
         if self.stream_options is not None and not self.stream:

@@ -143,6 +143,10 @@ def gateway(
         "DEEPSEEK_API_KEY": CREDENTIALS["deepseek"],
         **{f"NEUROAPI_{name.upper()}_BASE_URL": url for name, url in fakes.base_urls().items()},
         **key_material_environment(),
+        # Serve buffers replica log lines in memory (1000 with throughput-optimised mode) and
+        # drops them if the replica is killed; unbuffered, every line is on disk at once, so
+        # tests that scan the logs see everything the gateway logged.
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
     }
     os.environ.update(environ)  # Ray's workers inherit the driver's environment
     from config.settings import load_settings

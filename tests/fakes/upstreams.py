@@ -99,7 +99,7 @@ class FakeUpstreams:
         }
 
     # -- server ----------------------------------------------------------------------------
-    def start(self) -> "FakeUpstreams":
+    def start(self) -> FakeUpstreams:
         sock = socket.socket()
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]

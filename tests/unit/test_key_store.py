@@ -98,7 +98,7 @@ async def test_revoked_key_fails_and_every_listener_confirmed_first(own_redis, r
     for listener in listeners:
         listener.start()
     for _ in range(100):
-        if all(l.healthy for l in listeners):
+        if all(listener.healthy for listener in listeners):
             break
         await asyncio.sleep(0.05)
     assert await store.revoke(info.prefix) == 2

@@ -1,8 +1,9 @@
-"""Scrub secrets from every log record before any handler formats or ships it.
+"""Logging for every NeuroAPI process: secrets scrubbed, our lines in the replica's log.
 
-Installed as the log-record factory in every NeuroAPI process, so it covers our loggers, Ray's
-and third-party ones alike: a full API key keeps only its public prefix, and bearer tokens,
-provider keys and Authorization / x-api-key header values are replaced."""
+``install()`` wraps the log-record factory, so every record (ours, Ray's, third-party ones)
+is scrubbed before any handler formats or ships it: a full API key keeps only its public
+prefix; bearer tokens, provider keys and Authorization / x-api-key values are replaced.
+Inside a Serve replica it also sends the ``neuroapi`` loggers to Serve's replica log file."""
 
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ def scrub(text: str) -> str:
     return text
 
 
-def install() -> None:
+def install(in_replica: bool = False) -> None:
     """Idempotent: wrap the current record factory once per process."""
+    if in_replica:
+        ours, serves = logging.getLogger("neuroapi"), logging.getLogger("ray.serve")
+        ours.handlers, ours.propagate = list(serves.handlers), False
+        ours.setLevel(logging.INFO)
     current = logging.getLogRecordFactory()
     if getattr(current, "neuroapi_scrubbing", False):
         return

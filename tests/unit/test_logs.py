@@ -1,11 +1,11 @@
 import logging
 
 from actors.api_keys import generate_key
-from serve_app import log_scrub
+from config import logs
 
 
 def test_log_lines_keep_the_key_prefix_and_lose_every_secret(caplog):
-    log_scrub.install()
+    logs.install()
     plaintext, parsed = generate_key()
     logger = logging.getLogger("neuroapi.test")
     with caplog.at_level(logging.INFO):
@@ -18,7 +18,7 @@ def test_log_lines_keep_the_key_prefix_and_lose_every_secret(caplog):
 
 
 def test_install_is_idempotent():
-    log_scrub.install()
+    logs.install()
     factory = logging.getLogRecordFactory()
-    log_scrub.install()
+    logs.install()
     assert logging.getLogRecordFactory() is factory

@@ -1,0 +1,86 @@
+"""Prompts and completions transit and are forgotten: a canary sent through every endpoint,
+streamed and not, on success and error paths, appears in no Redis key or value, no log line
+and no file the run wrote."""
+
+import json
+import secrets
+from pathlib import Path
+
+import httpx
+import ray
+import redis
+
+from tests.fakes.upstreams import Behaviour
+
+
+def scan_redis(url: str, needle: str) -> list[str]:
+    client = redis.Redis.from_url(url)
+    found = []
+    for key in client.scan_iter("*"):
+        if needle.encode() in key:
+            found.append(key.decode())
+            continue
+        kind = client.type(key)
+        if kind == b"string":
+            values = [client.get(key)]
+        elif kind == b"hash":
+            values = list(client.hgetall(key).items())
+        elif kind in (b"list",):
+            values = client.lrange(key, 0, -1)
+        elif kind in (b"set",):
+            values = list(client.smembers(key))
+        elif kind == b"zset":
+            values = client.zrange(key, 0, -1)
+        elif kind == b"stream":
+            values = client.xrange(key)
+        else:
+            values = []
+        if needle.encode() in repr(values).encode():
+            found.append(key.decode())
+    return found
+
+
+def scan_files(folders: list[Path], needle: str) -> list[str]:
+    found = []
+    for folder in folders:
+        for path in folder.rglob("*"):
+            try:
+                if path.is_file() and needle.encode() in path.read_bytes():
+                    found.append(str(path))
+            except OSError:
+                continue
+    return found
+
+
+async def test_a_canary_prompt_is_retained_nowhere(gateway, api_key, upstreams):
+    canary = "CANARY-" + secrets.token_hex(8)
+    messages = [{"role": "system", "content": f"system {canary}"}, {"role": "user", "content": f"say {canary} now"}]
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        calls = [
+            {"model": "gpt-4o-mini", "messages": messages},
+            {"model": "claude-haiku-4-5", "messages": messages, "stream": True},
+            {"model": "deepseek-chat", "messages": messages, "stream": True, "stream_options": {"include_usage": True}},
+            {"model": "cross-provider", "messages": messages},  # after a scripted failure: the fallback path
+            {"model": "gpt-4o-mini", "messages": messages, "stream": True},  # fails mid-stream
+            {"model": "gpt-4o-mini", "messages": messages, "tools": [canary]},  # 400
+            {"model": canary, "messages": messages},  # 404
+        ]
+        upstreams.script("deepseek-chat", Behaviour(), Behaviour(status=503))
+        upstreams.script("gpt-4o-mini", Behaviour(), Behaviour(mid_stream_error=True))
+        statuses = []
+        for body in calls:
+            response = await client.post("/v1/chat/completions", headers=headers, json=body)
+            statuses.append(response.status_code)
+        bad_key = await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer neuro_{canary}"},
+                                    json={"model": "fast", "messages": messages})
+        statuses.append(bad_key.status_code)
+        huge = await client.post("/v1/chat/completions", headers=headers,
+                                 content=json.dumps({"model": "fast", "messages": messages, "pad": "x" * 5_000_000}))
+        statuses.append(huge.status_code)
+    assert statuses == [200, 200, 200, 200, 200, 400, 404, 401, 413]
+    assert any(canary in json.dumps(r.body) for r in upstreams.requests)  # it did go through
+
+    assert scan_redis(gateway.redis.url, canary) == []
+    session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
+    assert scan_files([session_dir / "logs", gateway.data_dir, gateway.redis.folder], canary) == []
