@@ -118,23 +118,27 @@ async def _keys_revoke(redis_url: str, settings: Settings, prefix: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neuroapi", description=__doc__)
-    parser.add_argument("--config", help="a YAML settings file (default: NEUROAPI_CONFIG)")
+    # --config is accepted before or after the command (`neuroapi serve --config x.yaml`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="a YAML settings file (default: NEUROAPI_CONFIG)")
+    parser = argparse.ArgumentParser(prog="neuroapi", description=__doc__, parents=[common])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the gateway")
+    serve = commands.add_parser("serve", help="run the gateway", parents=[common])
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
 
     accounts = commands.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
-    accounts.add_parser("create", help="create an account").add_argument("email")
+    accounts.add_parser("create", help="create an account", parents=[common]).add_argument("email")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
-    create = keys.add_parser("create", help="mint a key; prints it alone on stdout, once")
+    create = keys.add_parser("create", help="mint a key; prints it alone on stdout, once", parents=[common])
     create.add_argument("email")
     create.add_argument("--name", default="")
-    keys.add_parser("list", help="list an account's key prefixes").add_argument("email")
-    keys.add_parser("revoke", help="revoke a key: rejected everywhere once this returns").add_argument("prefix")
+    keys.add_parser("list", help="list an account's key prefixes", parents=[common]).add_argument("email")
+    keys.add_parser("revoke", help="revoke a key: rejected everywhere once this returns",
+                    parents=[common]).add_argument("prefix")
     return parser
 
 
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.install()
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(getattr(args, "config", None))
         if args.command == "serve":
             return cmd_serve(args, settings)
         action = {

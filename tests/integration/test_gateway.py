@@ -187,3 +187,17 @@ async def test_healthz_needs_no_key(client):
     response = await client.get("/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
     assert_request_id(response)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5"])
+async def test_a_caller_leaving_mid_stream_closes_the_upstream_request(client, api_key, upstreams, model):
+    import asyncio
+    upstreams.script(model, Behaviour(tokens=500, gap_s=0.02))  # a 10 s answer
+    async with client.stream("POST", "/v1/chat/completions", headers=auth(api_key),
+                             json={"model": model, "stream": True, "messages": MESSAGES}) as response:
+        async for _ in response.aiter_raw():
+            break  # the caller reads the first bytes, then goes away
+    left = asyncio.get_running_loop().time()
+    while upstreams.requests[-1].closed_at is None and asyncio.get_running_loop().time() - left < 5:
+        await asyncio.sleep(0.05)
+    assert upstreams.requests[-1].closed_at is not None, "the upstream kept streaming to nobody"

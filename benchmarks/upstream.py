@@ -1,0 +1,72 @@
+"""A fast fake OpenAI upstream for benchmarks: 0 ms to answer, SSE streams of N chunks with a
+fixed gap. Responses are pre-encoded so the upstream costs as little as possible.
+
+    python -m benchmarks.upstream --port 9100 --gap-ms 20
+
+A request's ``max_completion_tokens`` (or ``max_tokens``) sets the number of streamed chunks
+(default 64)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+COMPLETION = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench-model",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+}).encode()
+
+
+def _chunk(delta: dict, finish: str | None = None) -> bytes:
+    return b"data: " + json.dumps({
+        "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }).encode() + b"\n\n"
+
+
+FIRST, TOKEN, LAST = _chunk({"role": "assistant", "content": ""}), _chunk({"content": "tok "}), _chunk({}, "stop")
+USAGE = b'data: {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench-model", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 64, "total_tokens": 69}}\n\n'
+
+
+def build_app(gap_s: float) -> Starlette:
+    async def chat(request: Request) -> Response:
+        body = json.loads(await request.body())
+        if not body.get("stream"):
+            return Response(COMPLETION, media_type="application/json")
+        chunks = int(body.get("max_completion_tokens") or body.get("max_tokens") or 64)
+        usage = (body.get("stream_options") or {}).get("include_usage")
+
+        async def events():
+            yield FIRST
+            for _ in range(chunks):
+                await asyncio.sleep(gap_s)
+                yield TOKEN
+            yield LAST
+            if usage:
+                yield USAGE
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--gap-ms", type=float, default=20.0)
+    args = parser.parse_args()
+    uvicorn.run(build_app(args.gap_ms / 1000), host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()
