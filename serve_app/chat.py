@@ -58,8 +58,7 @@ async def complete_chat(
             outcome.usage = result.usage
             return result
         failure = result
-        logger.info("upstream %s/%s failed (%s)%s", backend.provider, backend.model,
-                    result.error.code, "; trying the next candidate" if result.retriable else "")
+        _note(backend, result)
         if not result.retriable:
             break
     raise failure.error if failure else _no_candidate()
@@ -84,11 +83,15 @@ async def open_chat_stream(
             first = UpstreamFailure(_no_candidate(), retriable=True, upstream_ms=0.0)
         outcome.upstream_ms += first.upstream_ms
         failure = first
-        logger.info("upstream %s/%s failed (%s)%s", backend.provider, backend.model,
-                    first.error.code, "; trying the next candidate" if first.retriable else "")
+        _note(backend, first)
         if not first.retriable:
             break
     raise failure.error if failure else _no_candidate()
+
+
+def _note(backend: Backend, failure: UpstreamFailure) -> None:
+    logger.info("upstream %s/%s failed (%s)%s", backend.provider, backend.model, failure.error.code,
+                "; trying the next candidate" if failure.retriable else "")
 
 
 def _for(call: UpstreamCall, backend: Backend) -> UpstreamCall:

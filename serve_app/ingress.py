@@ -6,6 +6,7 @@ serves the chosen candidate. Responses carry X-Request-Id (set by Serve, random)
 Server-Timing header splitting gateway time from upstream time."""
 
 # No "from __future__ import annotations": FastAPI must see the real Request type here.
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from serve_app.chat import Outcome, StreamItem, complete_chat, open_chat_stream
 from serve_app.key_cache import VerifiedKeyCache, fingerprint
 from serve_app.schemas import parse_chat_request
 
+logger = logging.getLogger("neuroapi.ingress")
 api = FastAPI(title="NeuroAPI", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -48,6 +50,14 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     return JSONResponse(GatewayError(400, "The request is malformed.", code="invalid_request").body(),
                         status_code=400)
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    # The type only: an exception's text is not ours to vet for secrets or prompt text.
+    logger.error("request %s failed: %s", request.headers.get("x-request-id"), type(error).__name__)
+    return JSONResponse(GatewayError(500, "The gateway failed on this request; quote its X-Request-Id to support.",
+                                     "server_error", "internal_error").body(), status_code=500)
 
 
 def presented_key(request: Request) -> str | None:

@@ -51,6 +51,11 @@ async def _error_body(response: httpx.Response) -> bytes:
     return body
 
 
+def _unreadable() -> GatewayError:
+    return GatewayError(502, "The upstream provider sent an unreadable answer.", "server_error",
+                        "upstream_error")
+
+
 def _status_failure(status: int, body: bytes, started: float) -> UpstreamFailure:
     error, retriable = failure_for_status(status, error_message_of(body))
     return UpstreamFailure(error, retriable, _elapsed_ms(started))
@@ -88,11 +93,7 @@ class ProviderClient:
         try:
             answer, usage = self.adapter.completion(call, response.content)
         except (ValueError, KeyError, TypeError):
-            return UpstreamFailure(
-                GatewayError(502, "The upstream provider sent an unreadable answer.",
-                             "server_error", "upstream_error"),
-                retriable=True, upstream_ms=_elapsed_ms(started),
-            )
+            return UpstreamFailure(_unreadable(), retriable=True, upstream_ms=_elapsed_ms(started))
         return Completion(answer, usage, _elapsed_ms(started))
 
     async def stream(
@@ -137,24 +138,17 @@ class ProviderClient:
             if not started_answer:  # a finished answer with no events at all
                 yield StreamStart(_elapsed_ms(started), b"")
             yield StreamEnd(translator.usage)
+            return
         except StreamFailed as failure:
-            if started_answer:
-                yield StreamEnd(translator.usage, failure.error)
-            else:
-                yield UpstreamFailure(failure.error, failure.retriable, _elapsed_ms(started))
-        except httpx.HTTPError as error:
-            failure = _transport_failure(error, started)
-            if started_answer:
-                yield StreamEnd(translator.usage, failure.error)
-            else:
-                yield failure
+            error, retriable = failure.error, failure.retriable
+        except httpx.HTTPError as transport_error:
+            error, retriable = _transport_failure(transport_error, started).error, True
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            error = GatewayError(502, "The upstream provider sent an unreadable stream.",
-                                 "server_error", "upstream_error")
-            if started_answer:
-                yield StreamEnd(translator.usage, error)
-            else:
-                yield UpstreamFailure(error, True, _elapsed_ms(started))
+            error, retriable = _unreadable(), True
         finally:
             # Also runs when the caller goes away mid-stream: the upstream request is cancelled.
             await response.aclose()
+        if started_answer:  # after the first byte: end the caller's stream with the error
+            yield StreamEnd(translator.usage, error)
+        else:
+            yield UpstreamFailure(error, retriable, _elapsed_ms(started))
