@@ -17,6 +17,7 @@ class Samples:
     latency_ms: list[float] = field(default_factory=list)  # whole answer (non-stream) / TTFT (stream)
     gap_ms: list[float] = field(default_factory=list)  # between streamed chunks
     errors: int = 0
+    wall_s: float = 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -80,13 +81,16 @@ async def closed_loop(url: str, headers: dict, *, stream: bool, requests: int, c
             for _ in range(per_worker):
                 await _one(client, url, headers, payload, stream, samples)
 
+        started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        samples.wall_s = time.perf_counter() - started
     return samples
 
 
 def summary(samples: Samples) -> dict:
     return {
         "n": len(samples.latency_ms), "errors": samples.errors,
+        "per_s": len(samples.latency_ms) / samples.wall_s if samples.wall_s else float("nan"),
         "p50": percentile(samples.latency_ms, 50), "p99": percentile(samples.latency_ms, 99),
         "mean": statistics.fmean(samples.latency_ms) if samples.latency_ms else float("nan"),
         "gap_p50": percentile(samples.gap_ms, 50), "gap_p99": percentile(samples.gap_ms, 99),

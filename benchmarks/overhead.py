@@ -69,9 +69,10 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="neuroapi-bench-"))
     upstream_port = _free_port()
     upstream = subprocess.Popen([sys.executable, "-m", "benchmarks.upstream", "--port", str(upstream_port)])
-    redis = subprocess.Popen(["redis-server", "--port", str(_free_port()), "--save", "", "--appendonly", "no",
-                              "--dir", str(folder)], stdout=subprocess.DEVNULL)
-    redis_url = f"redis://127.0.0.1:{redis.args[2]}/0"
+    redis_port = _free_port()
+    redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
+                              "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
     try:
         _wait_for(f"http://127.0.0.1:{upstream_port}/")
         os.environ.update({
@@ -85,11 +86,11 @@ def main() -> None:
         settings = load_settings()
         load_key_material(settings, create=True)
         gateway = runtime.start_gateway(settings, redis_url)
-        key = subprocess.run([sys.executable, "-m", "serve_app.cli", "accounts", "create", "bench@example.com"],
-                             env={**os.environ, "NEUROAPI_REDIS_URL": redis_url}, capture_output=True)
+        cli_env = {**os.environ, "NEUROAPI_REDIS_URL": redis_url}
+        subprocess.run([sys.executable, "-m", "serve_app.cli", "accounts", "create", "bench@example.com"],
+                       env=cli_env, check=True, capture_output=True)
         key = subprocess.run([sys.executable, "-m", "serve_app.cli", "keys", "create", "bench@example.com"],
-                             env={**os.environ, "NEUROAPI_REDIS_URL": redis_url}, capture_output=True,
-                             text=True).stdout.strip()
+                             env=cli_env, check=True, capture_output=True, text=True).stdout.strip()
         targets = {
             "direct": (f"http://127.0.0.1:{upstream_port}/v1/chat/completions", {"Authorization": "Bearer sk-bench"}),
             "neuroapi": (f"{gateway}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
@@ -111,15 +112,17 @@ def print_table(rows: list) -> None:
     by_scenario: dict[str, dict[str, dict]] = {}
     for name, target, stats in rows:
         by_scenario.setdefault(name, {})[target] = stats
-    print(f"\n{'scenario':<32}{'metric':<14}{'direct p50/p99':>18}{'neuroapi p50/p99':>20}{'added p50/p99':>18}{'errors':>8}")
+    print("\n| scenario | metric | direct p50 / p99 | NeuroAPI p50 / p99 | added p50 / p99 | req/s direct / NeuroAPI | errors |")
+    print("|---|---|---|---|---|---|---|")
     for name, stats in by_scenario.items():
         direct, gateway = stats["direct"], stats["neuroapi"]
         metrics = [("TTFT ms" if "stream" in name and "non" not in name else "latency ms", "p50", "p99")]
         if "non" not in name:
             metrics.append(("chunk gap ms", "gap_p50", "gap_p99"))
         for label, p50, p99 in metrics:
-            print(f"{name:<32}{label:<14}{direct[p50]:>8.2f} /{direct[p99]:>7.2f}  {gateway[p50]:>9.2f} /{gateway[p99]:>7.2f}"
-                  f"  {gateway[p50] - direct[p50]:>8.2f} /{gateway[p99] - direct[p99]:>7.2f}{gateway['errors']:>8}")
+            print(f"| {name} | {label} | {direct[p50]:.2f} / {direct[p99]:.2f} | {gateway[p50]:.2f} / {gateway[p99]:.2f} "
+                  f"| {gateway[p50] - direct[p50]:.2f} / {gateway[p99] - direct[p99]:.2f} "
+                  f"| {direct['per_s']:.0f} / {gateway['per_s']:.0f} | {gateway['errors']} |")
 
 
 if __name__ == "__main__":
