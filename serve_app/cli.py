@@ -9,6 +9,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from redis.asyncio import Redis
+
 from actors.accounts import AccountError, AccountStore
 from actors.invalidation import InvalidationTimeout
 from actors.key_crypto import KeyCrypto
@@ -82,39 +84,46 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             local.stop()
 
 
-async def _accounts_create(redis_url: str, settings: Settings, email: str) -> int:
-    account = await AccountStore(connect(redis_url)).create(email)
+async def _accounts_create(redis: Redis, settings: Settings, email: str) -> int:
+    account = await AccountStore(redis).create(email)
     say(f"created account {account.id} for {account.email}")
     return 0
 
 
-def _key_store(redis_url: str, settings: Settings) -> KeyStore:
+def _key_store(redis: Redis, settings: Settings) -> KeyStore:
     material, generated = load_key_material(settings, create=True)
     if generated:
         say(f"generated development key material in {settings.data_dir / 'secrets.json'}")
-    return KeyStore(connect(redis_url), KeyCrypto(material))
+    return KeyStore(redis, KeyCrypto(material))
 
 
-async def _keys_create(redis_url: str, settings: Settings, email: str, name: str) -> int:
-    redis = connect(redis_url)
+async def _keys_create(redis: Redis, settings: Settings, email: str, name: str) -> int:
     account = await AccountStore(redis).require(email)
-    plaintext, info = await _key_store(redis_url, settings).create(account.id, name)
+    plaintext, info = await _key_store(redis, settings).create(account.id, name)
     say(f"created key {info.prefix} for {account.email}; it is shown once, store it now:")
     print(plaintext, flush=True)
     return 0
 
 
-async def _keys_list(redis_url: str, settings: Settings, email: str) -> int:
-    account = await AccountStore(connect(redis_url)).require(email)
-    for info in await _key_store(redis_url, settings).list(account.id):
+async def _keys_list(redis: Redis, settings: Settings, email: str) -> int:
+    account = await AccountStore(redis).require(email)
+    for info in await _key_store(redis, settings).list(account.id):
         print(f"{info.prefix}\t{info.status}\t{info.name}")
     return 0
 
 
-async def _keys_revoke(redis_url: str, settings: Settings, prefix: str) -> int:
-    confirmed = await _key_store(redis_url, settings).revoke(prefix)
+async def _keys_revoke(redis: Redis, settings: Settings, prefix: str) -> int:
+    confirmed = await _key_store(redis, settings).revoke(prefix)
     say(f"revoked {prefix}; {confirmed} gateway replica(s) confirmed")
     return 0
+
+
+async def _run(redis_url: str, action) -> int:
+    redis = connect(redis_url)
+    try:
+        return await action(redis)
+    finally:
+        await redis.aclose()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return cmd_serve(args, settings)
         action = {
-            ("accounts", "create"): lambda url: _accounts_create(url, settings, args.email),
-            ("keys", "create"): lambda url: _keys_create(url, settings, args.email, args.name),
-            ("keys", "list"): lambda url: _keys_list(url, settings, args.email),
-            ("keys", "revoke"): lambda url: _keys_revoke(url, settings, args.prefix),
+            ("accounts", "create"): lambda redis: _accounts_create(redis, settings, args.email),
+            ("keys", "create"): lambda redis: _keys_create(redis, settings, args.email, args.name),
+            ("keys", "list"): lambda redis: _keys_list(redis, settings, args.email),
+            ("keys", "revoke"): lambda redis: _keys_revoke(redis, settings, args.prefix),
         }[(args.command, args.action)]
         with redis_url_for(settings) as url:
-            return asyncio.run(action(url))
+            return asyncio.run(_run(url, action))
     except (ConfigError, LocalRedisError, AccountError, LookupError, InvalidationTimeout) as error:
         say(f"neuroapi: {error}")
         return 2

@@ -4,13 +4,16 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
+
+NEUROAPI = Path(sys.executable).parent / "neuroapi"  # the installed console script
 
 
 def neuroapi(gateway, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **gateway.environ}
-    return subprocess.run([sys.executable, "-m", "serve_app.cli", "--config", str(gateway.config_path), *args],
+    return subprocess.run([str(NEUROAPI), *args, "--config", str(gateway.config_path)],
                           env=env, capture_output=True, text=True, timeout=60)
 
 
