@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,17 +66,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if not settings.enabled_providers():
             say("  no provider is configured: set OPENAI_API_KEY, ANTHROPIC_API_KEY or DEEPSEEK_API_KEY")
         say("  starting Ray Serve ...")
-        url = runtime.start_gateway(settings, redis_url)
-        say(f"  ready:   {url}/v1  (OpenAI-compatible; Ctrl-C stops)")
-        stop = asyncio.Event()
-
-        async def wait() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-
-        asyncio.run(wait())
+        stop = threading.Event()
+        # Ctrl-C in a terminal signals the whole process group (Ray's processes too), and a
+        # second one may follow: the first stops us, later ones are ignored while we shut down.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        url = runtime.start_gateway(settings, redis_url, should_stop=stop.is_set)
+        if not stop.is_set():
+            say(f"  ready:   {url}/v1  (OpenAI-compatible; Ctrl-C stops)")
+        while not stop.wait(1.0):
+            pass
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         say("stopping ...")
         runtime.stop_gateway()
         return 0

@@ -71,6 +71,8 @@ class LocalRedis:
              "--dir", str(self.folder), "--appendonly", "yes", "--save", "",
              "--logfile", str(self.folder / "redis.log"), "--daemonize", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # Its own session: Ctrl-C on our terminal must not stop it before we are done with it.
+            start_new_session=True,
         )
         deadline = time.monotonic() + 20
         while not _answers_ping(self.socket_path):

@@ -44,9 +44,9 @@ def prepare_environment() -> None:
         os.environ.setdefault(name, str(_free_port()))
 
 
-def wait_until_ready(url: str, timeout_s: float = 120.0) -> None:
+def wait_until_ready(url: str, timeout_s: float = 120.0, should_stop=lambda: False) -> None:
     deadline = time.monotonic() + timeout_s
-    while True:
+    while not should_stop():
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
                 if response.status == 200:
@@ -58,7 +58,7 @@ def wait_until_ready(url: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def start_gateway(settings, redis_url: str, num_cpus: int | None = None) -> str:
+def start_gateway(settings, redis_url: str, num_cpus: int | None = None, should_stop=lambda: False) -> str:
     """Start (or join, with RAY_ADDRESS) Ray, deploy the application, return its base URL."""
     prepare_environment()
     import ray
@@ -78,7 +78,7 @@ def start_gateway(settings, redis_url: str, num_cpus: int | None = None) -> str:
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build_app(settings, redis_url), name="neuroapi", route_prefix="/")
     url = f"http://{settings.host}:{settings.port}"
-    wait_until_ready(url)
+    wait_until_ready(url, should_stop=should_stop)
     return url
 
 
@@ -87,5 +87,8 @@ def stop_gateway() -> None:
     from ray import serve
 
     if ray.is_initialized():
-        serve.shutdown()
+        try:
+            serve.shutdown()
+        except Exception:  # Ray's processes may already be gone (Ctrl-C reaches them too)
+            pass
         ray.shutdown()
