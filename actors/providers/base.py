@@ -17,12 +17,15 @@ from actors.providers.sse import SSEEvent
 from config.catalog import ProviderSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class UpstreamCall:
     request_id: str
     model: str  # the concrete model this provider serves
     body: dict[str, Any]  # the caller's validated OpenAI-style request
     client_wants_usage: bool = False  # stream_options.include_usage from the caller
+
+    def __repr__(self) -> str:  # the body is the prompt: never in a log line or a traceback
+        return f"UpstreamCall(request_id={self.request_id!r}, model={self.model!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +41,14 @@ class Usage:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Completion:
     body: bytes  # an OpenAI chat.completion, JSON
     usage: Usage | None
     upstream_ms: float
+
+    def __repr__(self) -> str:  # the body is the completion text
+        return f"Completion(usage={self.usage!r}, upstream_ms={self.upstream_ms:.2f})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,3 +199,10 @@ def test_upstream_statuses_map_to_caller_statuses(status, caller_status, retriab
     assert (error.status, may_retry) == (caller_status, retriable)
     if status in (401, 403, 500):
         assert "sk-ab" not in error.message  # a provider's words about our credential stay here
+
+
+def test_prompt_and_completion_never_show_in_reprs():
+    from actors.providers.base import Completion
+    canary = "CANARY-repr-3b1d"
+    assert canary not in repr(call({"messages": [{"role": "user", "content": canary}]}))
+    assert canary not in repr(Completion(canary.encode(), None, 1.0))
