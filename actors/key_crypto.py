@@ -21,6 +21,10 @@ class SealedKey:
     envelope_version: int
 
 
+def _hmac(pepper: bytes, secret: str) -> str:
+    return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+
+
 class KeyCrypto:
     def __init__(self, material: KeyMaterial):
         self._peppers = dict(material.peppers)
@@ -34,20 +38,16 @@ class KeyCrypto:
         self._decoy = b"\0" * 32
 
     def digest(self, secret: str, version: int | None = None) -> str:
-        pepper = self._peppers[self.pepper_version if version is None else version]
-        return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+        return _hmac(self._peppers[self.pepper_version if version is None else version], secret)
 
     def matches(self, secret: str, digest: str, version: int) -> bool:
         pepper = self._peppers.get(version)
-        if pepper is None:
-            hmac.new(self._decoy, secret.encode(), hashlib.sha256).hexdigest()
-            return False
-        computed = hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
-        return hmac.compare_digest(computed, digest)
+        computed = _hmac(pepper or self._decoy, secret)  # same work whether or not the version exists
+        return pepper is not None and hmac.compare_digest(computed, digest)
 
     def burn_time(self, secret: str) -> None:
         """Spend what a real check spends, for a prefix that has no record."""
-        hmac.compare_digest(hmac.new(self._decoy, secret.encode(), hashlib.sha256).hexdigest(), "0" * 64)
+        self.matches(secret, "0" * 64, version=-1)
 
     def seal(self, plaintext_key: str, secret: str) -> SealedKey:
         return SealedKey(

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.load import closed_loop, summary
+from serve_app.runtime import free_port
 
 SCENARIOS = [
     # name, stream, concurrency, requests
@@ -30,13 +31,6 @@ SCENARIOS = [
     ("64-chunk stream, sequential", True, 1, 40),
     ("64-chunk stream, 16 concurrent", True, 16, 160),
 ]
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _measure(targets: dict[str, tuple[str, dict]], scale: float, queue) -> None:
@@ -67,9 +61,9 @@ def main() -> None:
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
     folder = Path(tempfile.mkdtemp(prefix="neuroapi-bench-"))
-    upstream_port = _free_port()
+    upstream_port = free_port()
     upstream = subprocess.Popen([sys.executable, "-m", "benchmarks.upstream", "--port", str(upstream_port)])
-    redis_port = _free_port()
+    redis_port = free_port()
     redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
                               "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -77,7 +71,7 @@ def main() -> None:
         _wait_for(f"http://127.0.0.1:{upstream_port}/")
         os.environ.update({
             "OPENAI_API_KEY": "sk-bench", "NEUROAPI_OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
-            "NEUROAPI_DATA_DIR": str(folder), "NEUROAPI_PORT": str(_free_port()),
+            "NEUROAPI_DATA_DIR": str(folder), "NEUROAPI_PORT": str(free_port()),
         })
         from config.secrets import load_key_material
         from config.settings import load_settings

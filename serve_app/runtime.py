@@ -26,7 +26,8 @@ SERVE_ENVIRONMENT = {
 }
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free on every interface (HAProxy's listeners bind all of them)."""
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
@@ -41,7 +42,7 @@ def prepare_environment() -> None:
     # each gets free ones.
     for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"):
-        os.environ.setdefault(name, str(_free_port()))
+        os.environ.setdefault(name, str(free_port()))
 
 
 def wait_until_ready(url: str, timeout_s: float = 120.0, should_stop=lambda: False) -> None:

@@ -7,7 +7,6 @@ import base64
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,15 +18,10 @@ import redis
 import yaml
 from cryptography.fernet import Fernet
 
+from serve_app.runtime import free_port
 from tests.fakes.upstreams import CREDENTIALS, FakeUpstreams
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -10,8 +10,7 @@ import sys
 import openai
 import pytest
 
-from serve_app.runtime import wait_until_ready
-from tests.conftest import free_port
+from serve_app.runtime import free_port, wait_until_ready
 from tests.fakes.upstreams import CREDENTIALS
 
 

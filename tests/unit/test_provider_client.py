@@ -9,7 +9,7 @@ from actors.providers.base import Completion, StreamEnd, StreamStart, UpstreamCa
 from actors.providers.client import ProviderClient
 from actors.providers.sse import SSEDecoder
 from config.settings import load_settings
-from tests.conftest import free_port
+from serve_app.runtime import free_port
 from tests.fakes.upstreams import CREDENTIALS, Behaviour
 
 MODELS = {"openai": "gpt-4o-mini", "deepseek": "deepseek-chat", "anthropic": "claude-haiku-4-5"}
