@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what NeuroAPI needs into ./.venv on a fresh Debian/Ubuntu machine: a Python
-# 3.11/3.12 virtual environment, the package (and with --test its test tools), and
-# redis-server for the embedded Redis. Safe to run again; it only adds what is missing.
+# 3.11/3.12 virtual environment, the package (with --test its test tools, with --bench the
+# benchmark's too), and redis-server for the embedded Redis. Safe to run again; it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+case "${1:-}" in
+  --test) extras="[test]" ;;          # the test suite's tools
+  --bench) extras="[test,bench]" ;;   # and the benchmark's (python -m benchmarks)
+esac
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_updated=""

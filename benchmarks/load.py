@@ -1,97 +1,121 @@
-"""Load generation: closed-loop clients that time whole answers, time to first token and the
-gaps between streamed chunks. Runs in its own process (see ``overhead.py``)."""
+"""The load generator: one phase of load against one URL, run in its own process.
+
+    python -m benchmarks.load '{"url": ..., "headers": {...}, "stream": false, "rate": 100, ...}'
+
+prints the phase's samples as JSON on stdout. Two shapes of load:
+
+- ``rate`` > 0: open loop. Request *i* is due at ``start + i / rate`` whatever happened to
+  the others, and its latency is measured from that scheduled time, so a gateway that falls
+  behind shows its queueing instead of slowing the generator down (no coordinated omission).
+  Bounded: ``rate * duration_s`` requests, each abandoned (and counted as an error) after
+  ``timeout_s``.
+- ``rate`` == 0: sequential, ``count`` requests one after another (concurrency 1).
+
+Streams are timed to their first SSE event (time to first token) and between events.
+aiohttp rather than httpx: on two cores the generator's own CPU per request matters."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import statistics
+import sys
 import time
-from dataclasses import dataclass, field
 
-import httpx
-
-
-@dataclass
-class Samples:
-    latency_ms: list[float] = field(default_factory=list)  # whole answer (non-stream) / TTFT (stream)
-    gap_ms: list[float] = field(default_factory=list)  # between streamed chunks
-    errors: int = 0
-    wall_s: float = 0.0
+import aiohttp
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def body(stream: bool, chunks: int) -> bytes:
-    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+def request_body(model: str, stream: bool, chunks: int) -> bytes:
+    request = {"model": model, "messages": [{"role": "user", "content": "Say ok."}]}
     if stream:
         request.update(stream=True, max_tokens=chunks)
     return json.dumps(request).encode()
 
 
-async def _one(client: httpx.AsyncClient, url: str, headers: dict, payload: bytes, stream: bool,
-               samples: Samples) -> None:
-    started = time.perf_counter()
+class Phase:
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.url: str = spec["url"]
+        self.headers = {**spec.get("headers", {}), "Content-Type": "application/json"}
+        self.stream: bool = spec.get("stream", False)
+        self.body = request_body(spec.get("model", "gpt-4o-mini"), self.stream, spec.get("chunks", 64))
+        self.timeout = aiohttp.ClientTimeout(total=spec.get("timeout_s", 10.0))
+        self.latency_ms: list[float] = []  # whole answer, or time to first event when streaming
+        self.gap_ms: list[float] = []  # between streamed events
+        self.errors: dict[str, int] = {}
+
+    def _error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    async def one(self, session: aiohttp.ClientSession, due: float) -> None:
+        try:
+            async with session.post(self.url, data=self.body, headers=self.headers, timeout=self.timeout) as response:
+                if response.status != 200:
+                    await response.read()
+                    self._error(f"http {response.status}")
+                    return
+                if not self.stream:
+                    await response.read()
+                    self.latency_ms.append((time.perf_counter() - due) * 1000)
+                    return
+                await self._read_events(response, due)
+        except TimeoutError:
+            self._error("timeout")
+        except aiohttp.ClientError as error:
+            self._error(type(error).__name__)
+
+    async def _read_events(self, response: aiohttp.ClientResponse, due: float) -> None:
+        previous, buffer, done = None, b"", False
+        async for piece in response.content.iter_any():
+            now = time.perf_counter()
+            buffer += piece
+            events = buffer.count(b"\n\n")
+            if not events:
+                continue
+            if previous is None:
+                self.latency_ms.append((now - due) * 1000)
+            else:
+                self.gap_ms.append((now - previous) * 1000)
+            previous = now
+            done = done or b"data: [DONE]" in buffer
+            buffer = buffer.rsplit(b"\n\n", 1)[1]
+        if not done:
+            self._error("stream ended without [DONE]")
+
+    async def run(self) -> dict:
+        connector = aiohttp.TCPConnector(limit=self.spec.get("max_connections", 1000), force_close=False)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _ in range(self.spec.get("warmup", 20)):
+                await self.one(session, time.perf_counter())
+            self.latency_ms.clear(), self.gap_ms.clear(), self.errors.clear()
+            started = time.perf_counter()
+            rate = self.spec.get("rate", 0)
+            if rate:
+                count = int(rate * self.spec["duration_s"])
+                tasks = []
+                for i in range(count):
+                    due = started + i / rate
+                    delay = due - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tasks.append(asyncio.create_task(self.one(session, due)))
+                await asyncio.gather(*tasks)
+            else:
+                count = self.spec["count"]
+                for _ in range(count):
+                    await self.one(session, time.perf_counter())
+            wall_s = time.perf_counter() - started
+        return {"requests": count, "ok": len(self.latency_ms), "errors": self.errors, "wall_s": wall_s,
+                "latency_ms": self.latency_ms, "gap_ms": self.gap_ms}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
     try:
-        if not stream:
-            response = await client.post(url, content=payload, headers=headers)
-            if response.status_code != 200:
-                samples.errors += 1
-                return
-            samples.latency_ms.append((time.perf_counter() - started) * 1000)
-            return
-        async with client.stream("POST", url, content=payload, headers=headers) as response:
-            if response.status_code != 200:
-                samples.errors += 1
-                return
-            previous = None
-            buffer = b""
-            async for piece in response.aiter_raw():
-                now = time.perf_counter()
-                buffer += piece
-                if b"\n\n" not in buffer:
-                    continue
-                if previous is None:
-                    samples.latency_ms.append((now - started) * 1000)
-                else:
-                    samples.gap_ms.append((now - previous) * 1000)
-                previous = now
-                buffer = buffer.rsplit(b"\n\n", 1)[1]
-    except httpx.HTTPError:
-        samples.errors += 1
+        from uvloop import run  # the cheaper event loop, where installed
+    except ImportError:
+        run = asyncio.run
+    print(json.dumps(run(Phase(spec).run())))
 
 
-async def closed_loop(url: str, headers: dict, *, stream: bool, requests: int, concurrency: int,
-                      chunks: int = 64, warmup: int = 20) -> Samples:
-    payload = body(stream, chunks)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        throwaway = Samples()
-        for _ in range(warmup):
-            await _one(client, url, headers, payload, stream, throwaway)
-        samples = Samples()
-        per_worker = requests // concurrency
-
-        async def worker() -> None:
-            for _ in range(per_worker):
-                await _one(client, url, headers, payload, stream, samples)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        samples.wall_s = time.perf_counter() - started
-    return samples
-
-
-def summary(samples: Samples) -> dict:
-    return {
-        "n": len(samples.latency_ms), "errors": samples.errors,
-        "per_s": len(samples.latency_ms) / samples.wall_s if samples.wall_s else float("nan"),
-        "p50": percentile(samples.latency_ms, 50), "p99": percentile(samples.latency_ms, 99),
-        "mean": statistics.fmean(samples.latency_ms) if samples.latency_ms else float("nan"),
-        "gap_p50": percentile(samples.gap_ms, 50), "gap_p99": percentile(samples.gap_ms, 99),
-    }
+if __name__ == "__main__":
+    main()

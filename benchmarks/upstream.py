@@ -1,7 +1,8 @@
-"""A fast fake OpenAI upstream for benchmarks: 0 ms to answer, SSE streams of N chunks with a
-fixed gap. Responses are pre-encoded so the upstream costs as little as possible.
+"""A fast fake OpenAI upstream for benchmarks: answers after ``--latency-ms`` (default 0),
+streams SSE chunks ``--gap-ms`` apart. Responses are pre-encoded so the upstream costs as
+little as possible.
 
-    python -m benchmarks.upstream --port 9100 --gap-ms 20
+    python -m benchmarks.upstream --port 9100 --latency-ms 0 --gap-ms 20
 
 A request's ``max_completion_tokens`` (or ``max_tokens``) sets the number of streamed chunks
 (default 64)."""
@@ -36,9 +37,11 @@ FIRST, TOKEN, LAST = _chunk({"role": "assistant", "content": ""}), _chunk({"cont
 USAGE = b'data: {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench-model", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 64, "total_tokens": 69}}\n\n'
 
 
-def build_app(gap_s: float) -> Starlette:
+def build_app(latency_s: float, gap_s: float) -> Starlette:
     async def chat(request: Request) -> Response:
         body = json.loads(await request.body())
+        if latency_s:
+            await asyncio.sleep(latency_s)
         if not body.get("stream"):
             return Response(COMPLETION, media_type="application/json")
         chunks = int(body.get("max_completion_tokens") or body.get("max_tokens") or 64)
@@ -62,9 +65,10 @@ def build_app(gap_s: float) -> Starlette:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--gap-ms", type=float, default=20.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="before the answer or first chunk")
+    parser.add_argument("--gap-ms", type=float, default=20.0, help="between streamed chunks")
     args = parser.parse_args()
-    uvicorn.run(build_app(args.gap_ms / 1000), host="127.0.0.1", port=args.port, log_level="warning",
+    uvicorn.run(build_app(args.latency_ms / 1000, args.gap_ms / 1000), host="127.0.0.1", port=args.port, log_level="warning",
                 access_log=False)
 
 

@@ -34,6 +34,8 @@ class Settings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # Prometheus metrics of this node (Ray's metrics agent); None = a free port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # None = start a local redis-server child with its data under data_dir.
     redis_url: str | None = None
     data_dir: Path
@@ -115,6 +117,7 @@ def _environment_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> d
         ("redis_url", "NEUROAPI_REDIS_URL"),
         ("host", "NEUROAPI_HOST"),
         ("port", "NEUROAPI_PORT"),
+        ("metrics_port", "NEUROAPI_METRICS_PORT"),
         ("data_dir", "NEUROAPI_DATA_DIR"),
         ("secrets_file", "NEUROAPI_SECRETS_FILE"),
     ):

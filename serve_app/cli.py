@@ -73,6 +73,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             signal.signal(sig, lambda *_: stop.set())
         url = runtime.start_gateway(settings, redis_url, should_stop=stop.is_set)
         if not stop.is_set():
+            say(f"  metrics: {runtime.metrics_url()}  (Prometheus; NeuroAPI's are ray_neuroapi_*)")
             say(f"  ready:   {url}/v1  (OpenAI-compatible; Ctrl-C stops)")
         while not stop.wait(1.0):
             pass

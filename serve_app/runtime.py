@@ -75,12 +75,21 @@ def start_gateway(settings, redis_url: str, num_cpus: int | None = None, should_
             include_dashboard=False,
             logging_level="WARNING",
             log_to_driver=False,
+            _metrics_export_port=settings.metrics_port,
         )
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build_app(settings, redis_url), name="neuroapi", route_prefix="/")
     url = f"http://{settings.host}:{settings.port}"
     wait_until_ready(url, should_stop=should_stop)
     return url
+
+
+def metrics_url() -> str:
+    """Where this node's Prometheus metrics are (NeuroAPI's own are named ``ray_neuroapi_*``)."""
+    import ray
+
+    node = ray._private.worker.global_worker.node
+    return f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
 
 
 def stop_gateway() -> None:

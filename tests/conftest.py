@@ -141,6 +141,8 @@ def gateway(
         # drops them if the replica is killed; unbuffered, every line is on disk at once, so
         # tests that scan the logs see everything the gateway logged.
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+        # Ray's metrics agent exports every second instead of every ten.
+        "RAY_metrics_report_interval_ms": "1000",
     }
     os.environ.update(environ)  # Ray's workers inherit the driver's environment
     from config.settings import load_settings

@@ -1,5 +1,6 @@
 """The whole application on real Ray Serve, a real redis-server and fake providers."""
 
+import asyncio
 import json
 import re
 import uuid
@@ -201,3 +202,32 @@ async def test_a_caller_leaving_mid_stream_closes_the_upstream_request(client, a
     while upstreams.requests[-1].closed_at is None and asyncio.get_running_loop().time() - left < 5:
         await asyncio.sleep(0.05)
     assert upstreams.requests[-1].closed_at is not None, "the upstream kept streaming to nobody"
+
+
+def gateway_ms_count(metrics: str, stream: str) -> float:
+    """Requests counted by the ``neuroapi_gateway_added_ms`` histogram, from Prometheus text."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("ray_neuroapi_gateway_added_ms_count{") and f'stream="{stream}"' in line)
+
+
+async def test_the_gateways_own_time_per_request_is_a_prometheus_metric(client, api_key, gateway):
+    from serve_app import runtime
+
+    async def counted() -> tuple[float, float]:
+        metrics = (await client.get(runtime.metrics_url())).text
+        return gateway_ms_count(metrics, "false"), gateway_ms_count(metrics, "true")
+
+    before, previous = await counted(), None
+    while before != previous:  # earlier tests' requests may still be on their way to the exporter
+        await asyncio.sleep(2.5)
+        before, previous = await counted(), before
+    for stream in (False, False, True):
+        response = await client.post("/v1/chat/completions", headers=auth(api_key),
+                                     json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": stream})
+        assert response.status_code == 200
+    for _ in range(120):  # Ray's metrics agent exports on an interval (1 s in the tests)
+        now = await counted()
+        if now[0] >= before[0] + 2 and now[1] >= before[1] + 1:
+            break
+        await asyncio.sleep(0.5)
+    assert (now[0] - before[0], now[1] - before[1]) == (2, 1)
