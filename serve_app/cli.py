@@ -1,4 +1,4 @@
-"""The ``neuroapi`` command: run the gateway, manage accounts and keys."""
+"""The ``neuroapi`` command: run the gateway, manage accounts and keys, rotate key material."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from actors.accounts import AccountError, AccountStore
 from actors.invalidation import InvalidationTimeout
 from actors.key_crypto import KeyCrypto
+from actors.key_rotation import rotate
 from actors.key_store import KeyStore
 from actors.redis_conn import connect
 from config import logs
@@ -121,6 +122,16 @@ async def _keys_revoke(redis: Redis, settings: Settings, prefix: str) -> int:
     return 0
 
 
+async def _secrets_rotate(redis: Redis, settings: Settings, kind: str, resume: bool) -> int:
+    report = await rotate(redis, settings, kind, add_version=not resume)
+    say(report.summary())
+    if report.migration.left:
+        say(f"  keep the older {kind} versions and re-run; a record that stays does not open or verify "
+            "under the key material this command has")
+        return 1
+    return 0
+
+
 async def _run(redis_url: str, action) -> int:
     redis = connect(redis_url)
     try:
@@ -151,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("list", help="list an account's key prefixes", parents=[common]).add_argument("email")
     keys.add_parser("revoke", help="revoke a key: rejected everywhere once this returns",
                     parents=[common]).add_argument("prefix")
+
+    rotations = commands.add_parser("secrets", help="rotate key material").add_subparsers(dest="action", required=True)
+    for kind, what in (("envelope", "re-encrypt every key record under a new envelope key"),
+                       ("pepper", "re-hash every key record under a new pepper")):
+        rotation = rotations.add_parser(f"rotate-{kind}", parents=[common], help=what + "; keys keep working")
+        rotation.add_argument("--resume", action="store_true",
+                              help="finish an interrupted rotation: add no version, migrate to the newest")
     return parser
 
 
@@ -166,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             ("keys", "create"): lambda redis: _keys_create(redis, settings, args.email, args.name),
             ("keys", "list"): lambda redis: _keys_list(redis, settings, args.email),
             ("keys", "revoke"): lambda redis: _keys_revoke(redis, settings, args.prefix),
+            ("secrets", "rotate-envelope"): lambda redis: _secrets_rotate(redis, settings, "envelope", args.resume),
+            ("secrets", "rotate-pepper"): lambda redis: _secrets_rotate(redis, settings, "pepper", args.resume),
         }[(args.command, args.action)]
         with redis_url_for(settings) as url:
             return asyncio.run(_run(url, action))
