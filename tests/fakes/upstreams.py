@@ -46,6 +46,7 @@ class Behaviour:
     delay_s: float = 0.0  # wait before the response headers
     gap_s: float = 0.0  # between streamed tokens
     tokens: int | None = None  # answer length in tokens (default: echo the prompt)
+    unparseable: bool = False  # a 200 whose JSON is an array (echoing the prompt), not the provider's shape
 
 
 def _text_of(content: Any) -> str:
@@ -142,6 +143,8 @@ class FakeUpstreams:
         if behaviour.status != 200:
             return _openai_error(behaviour.status, f"fake failure {behaviour.status}", "fake_error")
         body = recorded.body
+        if behaviour.unparseable:
+            return _unparseable(body, behaviour)
         words = _answer_words(body, behaviour)
         usage = {"prompt_tokens": _prompt_tokens(body), "completion_tokens": len(words),
                  "total_tokens": _prompt_tokens(body) + len(words)}
@@ -209,6 +212,8 @@ class FakeUpstreams:
         if behaviour.status != 200:
             kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(behaviour.status, "api_error")
             return _anthropic_error(behaviour.status, kind, f"fake failure {behaviour.status}")
+        if behaviour.unparseable:
+            return _unparseable(body, behaviour)
         words = _answer_words(body, behaviour)
         message_id = "msg_" + uuid.uuid4().hex[:24]
         input_tokens = _prompt_tokens(body)
@@ -253,6 +258,13 @@ class FakeUpstreams:
                 recorded.closed_at = time.monotonic()
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _unparseable(body: dict[str, Any], behaviour: Behaviour) -> Response:
+    answer = json.dumps(["".join(_answer_words(body, behaviour))])
+    if body.get("stream"):
+        return Response(f"data: {answer}\n\n", media_type="text/event-stream")
+    return Response(answer, media_type="application/json")
 
 
 def _openai_error(status: int, message: str, code: str) -> JSONResponse:
