@@ -1,7 +1,8 @@
-"""Accounts in Redis: one hash per account, an index from email to id, a set of key prefixes.
+"""Accounts in Redis: one hash per account, an index from email to id, a set of key prefixes,
+and monthly usage counters (written by metering).
 
 The email index is keyed by a SHA-256 of the normalised address, so key names in Redis carry
-no personal data."""
+no personal data. The password is kept only as a bcrypt hash (``actors.passwords``)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,21 @@ class AccountError(ValueError):
     """A bad email, a duplicate account, an unknown account."""
 
 
+class AccountExists(AccountError):
+    """Sign-up with an email that already has an account."""
+
+
 def account_key(account_id: str) -> str:
     return f"neuroapi:account:{account_id}"
 
 
 def account_prefixes_key(account_id: str) -> str:
     return f"neuroapi:account:{account_id}:keys"
+
+
+def account_usage_key(account_id: str, month: str) -> str:
+    """Monthly counters (``month`` is YYYY-MM): requests, cost_units, tokens, bytes."""
+    return f"neuroapi:account:{account_id}:usage:{month}"
 
 
 def _email_index_key(email: str) -> str:
@@ -51,11 +61,12 @@ class AccountStore:
     def __init__(self, redis: aioredis.Redis):
         self._redis = redis
 
-    async def create(self, email: str) -> Account:
+    async def create(self, email: str, password_hash: str = "") -> Account:
+        """A new account; without a password hash it can use keys but not log in."""
         email = normalise_email(email)
         account = Account("acct_" + secrets.token_hex(8), email, "active", int(time.time()))
         if not await self._redis.set(_email_index_key(email), account.id, nx=True):
-            raise AccountError("an account with this email already exists")
+            raise AccountExists("an account with this email already exists")
         await self._redis.hset(
             account_key(account.id),
             mapping={
@@ -64,6 +75,7 @@ class AccountStore:
                 "created_at": account.created_at,
                 "stripe_customer_id": "",
                 "stripe_subscription_id": "",
+                "password_hash": password_hash,
             },
         )
         return account
@@ -73,6 +85,9 @@ class AccountStore:
         if not fields:
             return None
         return Account(account_id, fields["email"], fields["status"], int(fields["created_at"]))
+
+    async def password_hash(self, account_id: str) -> str:
+        return await self._redis.hget(account_key(account_id), "password_hash") or ""
 
     async def by_email(self, email: str) -> Account | None:
         account_id = await self._redis.get(_email_index_key(normalise_email(email)))

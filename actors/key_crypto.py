@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -25,9 +25,9 @@ RELOAD_INTERVAL_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class SealedKey:
-    digest: str  # hex HMAC-SHA256(pepper[pepper_version], secret)
+    digest: str = field(repr=False)  # hex HMAC-SHA256(pepper[pepper_version], secret)
     pepper_version: int
-    ciphertext: str  # Fernet token of the full key
+    ciphertext: str = field(repr=False)  # Fernet token of the full key
     envelope_version: int
 
 

@@ -38,12 +38,23 @@ class KeyInfo:
     name: str
     status: str
     created_at: int
+    last_used_at: int | None = None  # to the minute or so: the ingress reports uses in batches
+
+
+# Sets last_used_at only on a record that exists and only forwards in time.
+_RECORD_USE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local previous = tonumber(redis.call('HGET', KEYS[1], 'last_used_at') or '0')
+if tonumber(ARGV[1]) > previous then redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1]) end
+return 1
+"""
 
 
 class KeyStore:
     def __init__(self, redis: aioredis.Redis, crypto: KeyCrypto):
         self._redis = redis
         self._crypto = crypto
+        self._record_use = redis.register_script(_RECORD_USE)
 
     async def create(self, account_id: str, name: str = "") -> tuple[str, KeyInfo]:
         """A new key for the account: (the plaintext, shown once; its public info)."""
@@ -72,10 +83,23 @@ class KeyStore:
         prefixes = sorted(await self._redis.smembers(account_prefixes_key(account_id)))
         infos = []
         for prefix in prefixes:
-            fields = await self._redis.hmget(key_record_key(prefix), "name", "status", "created_at")
-            if fields[1] is not None:
-                infos.append(KeyInfo(prefix, fields[0] or "", fields[1], int(fields[2])))
+            name, status, created_at, last_used_at = await self._redis.hmget(
+                key_record_key(prefix), "name", "status", "created_at", "last_used_at")
+            if status is not None:
+                infos.append(KeyInfo(prefix, name or "", status, int(created_at),
+                                     int(last_used_at) if last_used_at else None))
         return infos
+
+    async def owner(self, prefix: str) -> str | None:
+        if not PREFIX_PATTERN.fullmatch(prefix):
+            return None
+        return await self._redis.hget(key_record_key(prefix), "account_id")
+
+    async def record_uses(self, last_used: dict[str, int]) -> None:
+        """``{prefix: unix time}`` from the ingress replicas' batches."""
+        for prefix, at in last_used.items():
+            if PREFIX_PATTERN.fullmatch(prefix):
+                await self._record_use(keys=[key_record_key(prefix)], args=[int(at)])
 
     async def verify(self, presented: str) -> VerifiedKey | None:
         parsed = parse_key(presented)

@@ -1,12 +1,21 @@
-"""The key-verifier pool: the only processes that hold the pepper and read key records."""
+"""The key-verifier pool: the only processes that hold the pepper and read key records.
+
+Besides checking keys it serves the account endpoints (``actors.account_service``): they mint
+keys and sign session tokens, which needs the same key material. Domain errors come back as
+``GatewayError`` values for the ingress to raise."""
 
 from __future__ import annotations
 
 from ray import serve
 
-from actors.key_crypto import KeyCrypto
-from actors.key_store import KeyStore, VerifiedKey
+from actors.account_service import AccountService
+from actors.accounts import Account, AccountError, AccountExists
+from actors.errors import GatewayError
+from actors.key_material import ReplicaKeyMaterial
+from actors.key_store import KeyInfo, KeyStore, VerifiedKey
+from actors.passwords import PasswordError
 from actors.redis_conn import connect
+from actors.sessions import Session
 from config import logs
 from config.secrets import load_key_material
 from config.settings import Settings
@@ -14,10 +23,52 @@ from config.settings import Settings
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 class KeyVerifier:
-    def __init__(self, settings: Settings, redis_url: str):
+    async def __init__(self, settings: Settings, redis_url: str):
         logs.install(in_replica=True)
-        material, _ = load_key_material(settings)
-        self._keys = KeyStore(connect(redis_url), KeyCrypto(material))
+        # Reloaded in place when `neuroapi secrets rotate-*` adds a version (actors.key_material).
+        self._material = ReplicaKeyMaterial(lambda: load_key_material(settings)[0])
+        self._material.listen(redis_url)
+        redis = connect(redis_url)
+        self._keys = KeyStore(redis, self._material.crypto)
+        self._accounts = AccountService(redis, self._material.current, password_rounds=settings.password_rounds,
+                                        session_ttl_s=settings.session_ttl_s)
 
     async def verify(self, presented_key: str) -> VerifiedKey | None:
         return await self._keys.verify(presented_key)
+
+    async def signup(self, email: str, password: str) -> Account | GatewayError:
+        try:
+            return await self._accounts.signup(email, password)
+        except PasswordError as error:
+            return GatewayError(400, f"Invalid password: {error}.", code="invalid_password", param="password")
+        except AccountExists as error:
+            return GatewayError(409, f"Cannot sign up: {error}.", code="account_exists", param="email")
+        except AccountError as error:
+            return GatewayError(400, f"Cannot sign up: {error}.", code="invalid_email", param="email")
+
+    async def login(self, email: str, password: str) -> tuple[str, Session] | None:
+        try:
+            return await self._accounts.login(email, password)
+        except AccountError:  # not even an email: the same answer as a wrong password
+            return None
+
+    async def session(self, token: str) -> Session | None:
+        return await self._accounts.session(token)
+
+    async def logout(self, token: str) -> bool:
+        return await self._accounts.logout(token)
+
+    async def create_key(self, account_id: str, name: str) -> tuple[str, KeyInfo]:
+        return await self._accounts.create_key(account_id, name)
+
+    async def list_keys(self, account_id: str) -> list[KeyInfo]:
+        return await self._accounts.list_keys(account_id)
+
+    async def revoke_key(self, account_id: str, prefix: str) -> bool:
+        return await self._accounts.revoke_key(account_id, prefix)
+
+    async def record_key_uses(self, last_used: dict[str, int]) -> None:
+        await self._accounts.record_key_uses(last_used)
+
+    async def __del__(self) -> None:
+        await self._material.stop()

@@ -6,6 +6,7 @@ one key by key; a key set to ``null`` removes a default entry (a provider, a mod
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from importlib import resources
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from config.catalog import ModeSpec, Price, ProviderSpec
 
@@ -44,9 +45,27 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     ingress_replicas: int = Field(default=1, ge=1)
     verifier_replicas: int = Field(default=2, ge=1)
+    # Accounts: bcrypt cost (2^rounds), session token lifetime.
+    password_rounds: int = Field(default=12, ge=4, le=16)
+    session_ttl_s: int = Field(default=3600, ge=60, le=86400)
+    # Failed-auth throttling per source address, and the proxies whose X-Forwarded-For is
+    # believed when finding that address (CIDRs; empty = the socket peer, always).
+    failed_auth_limit: int = Field(default=20, ge=1)
+    failed_auth_window_s: float = Field(default=60.0, gt=0)
+    trusted_proxies: list[str] = Field(default_factory=list)
     providers: dict[str, ProviderSpec]
     modes: dict[str, ModeSpec]
     prices: dict[str, Price]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"'{cidr}' is not an IP address or network") from None
+        return cidrs
 
     @model_validator(mode="after")
     def _catalog_is_consistent(self) -> Settings:

@@ -31,5 +31,5 @@ def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | N
         for name in enabled
     }
     return Ingress.options(num_replicas=settings.ingress_replicas).bind(
-        redis_url, settings.max_body_bytes, verifier, router, proxies
+        settings, redis_url, verifier, router, proxies
     )

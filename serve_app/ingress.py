@@ -3,10 +3,15 @@
 Per request it authenticates from its key cache (a hop to the verifier pool only on a miss),
 routes from the routing table it holds, and makes exactly one hop: to the provider proxy that
 serves the chosen candidate. Responses carry X-Request-Id (set by Serve, random) and a
-Server-Timing header splitting gateway time from upstream time."""
+Server-Timing header splitting gateway time from upstream time.
+
+Account endpoints (sign-up, log-in, keys) are thin: the verifier pool does the work. Failed
+authentication of any kind counts against the source address (``actors.auth_throttle``)."""
 
 # No "from __future__ import annotations": FastAPI must see the real Request type here.
+import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -20,17 +25,24 @@ from ray.serve.metrics import Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.api_keys import parse_key
+from actors.auth_throttle import FailedAuthThrottle
 from actors.errors import GatewayError, invalid_api_key
-from actors.invalidation import InvalidationListener
+from actors.invalidation import InvalidationListener, InvalidationTimeout, broadcast
 from actors.key_store import KEYS_TOPIC, VerifiedKey
 from actors.providers.base import Completion, UpstreamCall, UpstreamFailure
+from actors.redis_conn import connect
 from actors.routing import RoutingTable, attempt_order
+from actors.sessions import Session
 from config import logs
+from config.settings import Settings
 from serve_app.chat import Outcome, StreamItem, complete_chat, open_chat_stream
+from serve_app.client_address import client_address, parse_networks
 from serve_app.key_cache import VerifiedKeyCache, fingerprint
-from serve_app.schemas import parse_chat_request
+from serve_app.schemas import Credentials, NewKey, parse_body, parse_chat_request
 
 logger = logging.getLogger("neuroapi.ingress")
+BLOCKS_TOPIC = "auth-block"  # subject: "<address> <seconds blocked>"
+KEY_USE_FLUSH_S = 5.0
 api = FastAPI(title="NeuroAPI", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -59,6 +71,16 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     logger.error("request %s failed: %s", request.headers.get("x-request-id"), type(error).__name__)
     return JSONResponse(GatewayError(500, "The gateway failed on this request; quote its X-Request-Id to support.",
                                      "server_error", "internal_error").body(), status_code=500)
+
+
+def too_many_failures(retry_after: str) -> GatewayError:
+    return GatewayError(429, "Too many failed authentication attempts from this address; retry after "
+                        f"{retry_after} s.", code="too_many_failed_attempts", headers={"Retry-After": retry_after})
+
+
+def invalid_session() -> GatewayError:
+    return GatewayError(401, "Log in first: send 'Authorization: Bearer <token from POST /v1/auth/login>'.",
+                        code="invalid_session")
 
 
 def presented_key(request: Request) -> str | None:
@@ -96,6 +118,19 @@ def server_timing(own_ms: float, upstream_ms: float) -> str:
     return f"gateway;dur={own_ms:.2f}, upstream;dur={upstream_ms:.2f}"
 
 
+def raise_if_error(result):
+    """Deployments return a GatewayError as a value (it crosses Ray as itself); raise it here."""
+    if isinstance(result, GatewayError):
+        raise result
+    return result
+
+
+def key_fields(info) -> dict:
+    """A key's public description: never the secret, its hash or its ciphertext."""
+    return {"prefix": info.prefix, "name": info.name, "status": info.status,
+            "created_at": info.created_at, "last_used_at": info.last_used_at}
+
+
 class RayBackends:
     """``serve_app.chat.Backends`` over the provider proxies' deployment handles."""
 
@@ -121,14 +156,20 @@ class RayBackends:
 class Ingress:
     async def __init__(
         self,
+        settings: Settings,
         redis_url: str,
-        max_body_bytes: int,
         verifier: DeploymentHandle,
         router: DeploymentHandle,
         proxies: dict[str, DeploymentHandle],
     ):
         logs.install(in_replica=True)
-        self._max_body_bytes = max_body_bytes
+        self._max_body_bytes = settings.max_body_bytes
+        self._trusted_proxies = parse_networks(settings.trusted_proxies)
+        self._redis = connect(redis_url)
+        self._throttle = FailedAuthThrottle(self._redis, settings.failed_auth_limit, settings.failed_auth_window_s)
+        self._blocked_until: dict[str, float] = {}  # address → monotonic time the block ends
+        self._key_uses: dict[str, int] = {}  # prefix → last use (unix s), flushed in batches
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_key_uses_forever())
         self._verifier = verifier
         self._backends = RayBackends(proxies)
         self._table: RoutingTable = await router.table.remote()
@@ -148,25 +189,73 @@ class Ingress:
     def _invalidate(self, topic: str, subject: str) -> None:
         if topic == KEYS_TOPIC:
             self._keys.invalidate(subject)
+        elif topic == BLOCKS_TOPIC:
+            address, seconds = subject.rsplit(" ", 1)
+            self._blocked_until[address] = time.monotonic() + float(seconds)
+
+    # ---- who is calling -------------------------------------------------------------------
+
+    def _source(self, request: Request) -> str:
+        """The caller's address, refused at once while it is blocked for failed attempts."""
+        address = client_address(request.client.host if request.client else None,
+                                 request.headers.get("x-forwarded-for"), self._trusted_proxies)
+        until = self._blocked_until.get(address)
+        if until is not None:
+            if until > time.monotonic():
+                raise too_many_failures(str(max(1, math.ceil(until - time.monotonic()))))
+            del self._blocked_until[address]
+        return address
+
+    async def _failed(self, address: str, error: GatewayError) -> GatewayError:
+        """Count a failed attempt; the error to answer with (429 once the address is blocked)."""
+        verdict = await self._throttle.record_failure(address)
+        if verdict.blocked_for_s:
+            self._blocked_until[address] = time.monotonic() + verdict.blocked_for_s
+            if verdict.counted:  # the attempt that reached the limit tells every replica
+                try:
+                    await broadcast(self._redis, BLOCKS_TOPIC, f"{address} {verdict.blocked_for_s}", timeout_s=2.0)
+                except InvalidationTimeout:
+                    logger.warning("a replica did not confirm an address block in time")
+        return error if not verdict.blocked_for_s or verdict.counted else too_many_failures(verdict.retry_after)
 
     async def _authenticate(self, request: Request) -> VerifiedKey:
+        address = self._source(request)
         presented = presented_key(request)
         parsed = parse_key(presented) if presented else None
-        if parsed is None:
-            raise invalid_api_key()
+        if parsed is None:  # no key, or a checksum that does not match: no lookup at all
+            raise await self._failed(address, invalid_api_key())
         key_fingerprint = fingerprint(presented)
         use_cache = self._listener.healthy
-        if use_cache:
-            cached = self._keys.get(parsed.prefix, key_fingerprint)
-            if cached is not None:
-                return cached
-        generation = self._keys.generation
-        verified = await self._verifier.verify.remote(presented)
+        verified = self._keys.get(parsed.prefix, key_fingerprint) if use_cache else None
         if verified is None:
-            raise invalid_api_key()
-        if use_cache and self._listener.healthy:
-            self._keys.put(key_fingerprint, verified, generation)
+            generation = self._keys.generation
+            verified = await self._verifier.verify.remote(presented)
+            if verified is None:
+                logger.info("key %s rejected: unknown, wrong secret, revoked or account disabled", parsed.prefix)
+                raise await self._failed(address, invalid_api_key())
+            if use_cache and self._listener.healthy:
+                self._keys.put(key_fingerprint, verified, generation)
+        self._key_uses[verified.prefix] = int(time.time())
         return verified
+
+    async def _logged_in(self, request: Request) -> tuple[str, Session]:
+        """(the session token, its session) for account endpoints."""
+        address = self._source(request)
+        token = presented_key(request) or ""
+        session = await self._verifier.session.remote(token) if token else None
+        if session is None:
+            raise await self._failed(address, invalid_session())
+        return token, session
+
+    async def _flush_key_uses_forever(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_USE_FLUSH_S)
+            uses, self._key_uses = self._key_uses, {}
+            if uses:
+                try:
+                    await self._verifier.record_key_uses.remote(uses)
+                except Exception as error:  # "last used" is advisory; the next batch tries again
+                    logger.warning("could not record key uses: %s", type(error).__name__)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
@@ -207,9 +296,58 @@ class Ingress:
             ],
         })
 
+    # ---- accounts and keys ----------------------------------------------------------------
+
+    @api.post("/v1/auth/signup", status_code=201)
+    async def signup(self, request: Request) -> JSONResponse:
+        credentials = parse_body(Credentials, await read_body(request, self._max_body_bytes))
+        account = raise_if_error(await self._verifier.signup.remote(credentials.email, credentials.password))
+        return JSONResponse({"object": "account", "id": account.id, "email": account.email,
+                             "created_at": account.created_at}, status_code=201)
+
+    @api.post("/v1/auth/login")
+    async def login(self, request: Request) -> JSONResponse:
+        address = self._source(request)
+        credentials = parse_body(Credentials, await read_body(request, self._max_body_bytes))
+        issued = await self._verifier.login.remote(credentials.email, credentials.password)
+        if issued is None:
+            raise await self._failed(address, GatewayError(401, "Wrong email or password.",
+                                                           code="invalid_credentials"))
+        token, session = issued
+        return JSONResponse({"token": token, "token_type": "bearer", "expires_at": session.expires_at})
+
+    @api.post("/v1/auth/logout")
+    async def logout(self, request: Request) -> JSONResponse:
+        token, _ = await self._logged_in(request)
+        await self._verifier.logout.remote(token)
+        return JSONResponse({"logged_out": True})
+
+    @api.post("/v1/keys", status_code=201)
+    async def create_key(self, request: Request) -> JSONResponse:
+        _, session = await self._logged_in(request)
+        new_key = parse_body(NewKey, await read_body(request, self._max_body_bytes) or b"{}")
+        plaintext, info = await self._verifier.create_key.remote(session.account_id, new_key.name)
+        return JSONResponse({"object": "api_key", "key": plaintext, **key_fields(info)}, status_code=201)
+
+    @api.get("/v1/keys")
+    async def list_keys(self, request: Request) -> JSONResponse:
+        _, session = await self._logged_in(request)
+        infos = await self._verifier.list_keys.remote(session.account_id)
+        return JSONResponse({"object": "list", "data": [{"object": "api_key", **key_fields(i)} for i in infos]})
+
+    @api.delete("/v1/keys/{prefix}")
+    async def revoke_key(self, prefix: str, request: Request) -> JSONResponse:
+        _, session = await self._logged_in(request)
+        if not await self._verifier.revoke_key.remote(session.account_id, prefix):
+            raise GatewayError(404, f"This account has no key '{prefix}'.", code="key_not_found", param="prefix")
+        return JSONResponse({"object": "api_key", "prefix": prefix, "status": "revoked"})
+
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     async def __del__(self) -> None:
+        self._flusher.cancel()
         await self._listener.stop()
+        await self._redis.aclose()
+

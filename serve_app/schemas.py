@@ -5,7 +5,7 @@ dropped. ``mode`` is our one addition to OpenAI's request."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -80,11 +80,29 @@ class ChatCompletionRequest(_Strict):
         return self.model_dump(exclude_none=True, exclude={"mode", "n", "logprobs", "stream_options"})
 
 
-def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+class Credentials(_Strict):
+    """Sign-up and log-in body. Password rules are checked by ``actors.passwords``."""
+
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class NewKey(_Strict):
+    name: str = Field(default="", max_length=100)
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def parse_body(model: type[Model], raw: bytes) -> Model:
     try:
-        return ChatCompletionRequest.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as error:
         raise _as_gateway_error(error) from None
+
+
+def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+    return parse_body(ChatCompletionRequest, raw)
 
 
 def _as_gateway_error(error: ValidationError) -> GatewayError:

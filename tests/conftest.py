@@ -4,6 +4,7 @@ one real Ray Serve gateway per test session (started only if a test asks for it)
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -88,10 +89,29 @@ def key_material_environment() -> dict[str, str]:
     }
 
 
+def write_secrets_file(path: Path) -> dict[str, str]:
+    """Key material in a secrets file (the format config.secrets reads, mode 0600), so that
+    `neuroapi secrets rotate-*` can add versions the running gateway reloads; its environment."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {
+        "peppers": {"1": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()},
+        "envelope_keys": {"1": Fernet.generate_key().decode()},
+    }
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        json.dump(content, handle)
+    return {"NEUROAPI_SECRETS_FILE": str(path)}
+
+
 def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
     """Test catalog additions: a provider that refuses connections, and modes to exercise
     fallback deterministically (weight 0 = fallback only)."""
     return {
+        # Revocation must hold across replicas: at least two of each key-holding deployment.
+        "ingress_replicas": 2,
+        "verifier_replicas": 2,
+        "password_rounds": 4,  # bcrypt's minimum: the tests log in often
+        # The tests play the edge load balancer: loopback's X-Forwarded-For is believed.
+        "trusted_proxies": ["127.0.0.1/32", "::1/128"],
         "providers": {
             "unreachable": {
                 "adapter": "openai",
@@ -136,7 +156,7 @@ def gateway(
         "ANTHROPIC_API_KEY": CREDENTIALS["anthropic"],
         "DEEPSEEK_API_KEY": CREDENTIALS["deepseek"],
         **{f"NEUROAPI_{name.upper()}_BASE_URL": url for name, url in fakes.base_urls().items()},
-        **key_material_environment(),
+        **write_secrets_file(folder / "data" / "secrets.json"),
         # Serve buffers replica log lines in memory (1000 with throughput-optimised mode) and
         # drops them if the replica is killed; unbuffered, every line is on disk at once, so
         # tests that scan the logs see everything the gateway logged.
@@ -144,6 +164,8 @@ def gateway(
         # Ray's metrics agent exports every second instead of every ten.
         "RAY_metrics_report_interval_ms": "1000",
     }
+    for name in ("NEUROAPI_PEPPERS", "NEUROAPI_ENVELOPE_KEYS"):
+        os.environ.pop(name, None)  # they would win over the secrets file
     os.environ.update(environ)  # Ray's workers inherit the driver's environment
     from config.settings import load_settings
     from serve_app import runtime
