@@ -16,6 +16,7 @@ from actors.accounts import account_key, account_prefixes_key
 from actors.api_keys import PREFIX_PATTERN, generate_key, parse_key
 from actors.invalidation import broadcast
 from actors.key_crypto import KeyCrypto
+from actors.scopes import EXCLUDED_FIELD, IN_HOUSE_FIELD, UNRESTRICTED, Scope
 
 KEYS_TOPIC = "key"
 
@@ -30,6 +31,7 @@ class VerifiedKey:
 
     prefix: str
     account_id: str
+    scope: Scope = UNRESTRICTED  # the account's, read with the key: routing needs no extra lookup
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,11 @@ class KeyStore:
             return None
         if status != "active":
             return None
-        if await self._redis.hget(account_key(account_id), "status") != "active":
+        account_status, in_house_only, excluded = await self._redis.hmget(
+            account_key(account_id), "status", IN_HOUSE_FIELD, EXCLUDED_FIELD)
+        if account_status != "active":
             return None
-        return VerifiedKey(parsed.prefix, account_id)
+        return VerifiedKey(parsed.prefix, account_id, Scope.from_fields(in_house_only, excluded))
 
     async def revoke(self, prefix: str) -> int:
         """Revoke; returns how many caching replicas confirmed before this returned."""

@@ -1,6 +1,9 @@
 """A provider proxy: one deployment per configured provider, holding its credential and its
 pooled connections. The credential is read from this replica's environment, so it never
-travels through Ray's object store or the Serve controller's checkpoints."""
+travels through Ray's object store or the Serve controller's checkpoints.
+
+It also checks the call's account scope before connecting: the ingress already ordered only
+allowed backends, and this second check means no bug there can reach a forbidden provider."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
+from actors.errors import GatewayError
 from actors.providers import ADAPTERS
 from actors.providers.base import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
 from actors.providers.client import ProviderClient
@@ -18,17 +22,29 @@ from config.catalog import ProviderSpec
 
 @serve.deployment(max_ongoing_requests=2000, ray_actor_options={"num_cpus": 0})
 class ProviderProxy:
-    def __init__(self, spec: ProviderSpec):
+    def __init__(self, name: str, spec: ProviderSpec):
         logs.install(in_replica=True)
+        self._name, self._in_house = name, spec.in_house
         api_key = os.environ.get(spec.credential_env)
         if not api_key:
             raise RuntimeError(f"{spec.credential_env} is not set in this replica's environment")
         self._client = ProviderClient(ADAPTERS[spec.adapter](spec, api_key))
 
+    def _refused(self, call: UpstreamCall) -> UpstreamFailure | None:
+        if call.scope.allows(self._name, self._in_house):
+            return None
+        return UpstreamFailure(GatewayError(403, f"This account's scope ({call.scope.rule()}) forbids this backend.",
+                                            type="permission_error", code="scope_forbids"),
+                               retriable=False, upstream_ms=0.0)
+
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
-        return await self._client.complete(call)
+        return self._refused(call) or await self._client.complete(call)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
+        refused = self._refused(call)
+        if refused is not None:
+            yield refused
+            return
         async for item in self._client.stream(call):
             yield item
 

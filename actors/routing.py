@@ -2,8 +2,10 @@
 
 The mode router deployment owns the table (the catalog filtered to the providers that are on)
 and hands it to ingress replicas, which decide per request without a hop: resolve the name the
-caller asked for, drop candidates that cannot honour the request's parameters, and order the
-rest (first attempt drawn by weight, weight-0 candidates kept as fallbacks in listed order)."""
+caller asked for, drop candidates the account's scope forbids, then those that cannot honour the
+request's parameters, and order the rest (first attempt drawn by weight, weight-0 candidates
+kept as fallbacks in listed order). Every attempt, fallback or retry comes from that order, so
+a backend the scope forbids is never contacted."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from actors.errors import GatewayError
 from actors.providers import ADAPTERS
+from actors.scopes import UNRESTRICTED, Scope
 from config.settings import Settings
 
 
@@ -22,6 +25,7 @@ class Backend:
     model: str
     provider: str
     adapter: str
+    in_house: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +80,31 @@ class RoutingTable:
             code="model_not_found", param=param,
         )
 
-    def listing(self) -> list[str]:
-        return sorted(self.modes) + sorted(self.models)
+    def listing(self, scope: Scope = UNRESTRICTED) -> list[str]:
+        """What an account with ``scope`` may call: modes with an allowed candidate, allowed models."""
+        modes = [name for name, candidates in self.modes.items()
+                 if any(_allowed(scope, c.backend) for c in candidates)]
+        models = [name for name, backend in self.models.items() if _allowed(scope, backend)]
+        return sorted(modes) + sorted(models)
+
+
+def _allowed(scope: Scope, backend: Backend) -> bool:
+    return scope.allows(backend.provider, backend.in_house)
+
+
+def scope_forbids(scope: Scope, route: Route) -> GatewayError:
+    return GatewayError(
+        403,
+        f"This account's scope ({scope.rule()}) allows no backend for "
+        f"'{route.mode or route.candidates[0].backend.model}'. GET /v1/models lists what it may use.",
+        type="permission_error", code="scope_forbids",
+    )
 
 
 def build_routing_table(settings: Settings, enabled_providers: Iterable[str]) -> RoutingTable:
     enabled = set(enabled_providers)
     models = {
-        model: Backend(model, name, provider.adapter)
+        model: Backend(model, name, provider.adapter, provider.in_house)
         for name, provider in settings.providers.items()
         if name in enabled
         for model in provider.models
@@ -99,11 +120,16 @@ def build_routing_table(settings: Settings, enabled_providers: Iterable[str]) ->
     return RoutingTable(modes, models, names)
 
 
-def attempt_order(route: Route, body: dict[str, Any], rng: random.Random) -> list[Backend]:
-    """The backends to try, in order. Raises 400 if none can honour the request as asked."""
+def attempt_order(route: Route, body: dict[str, Any], rng: random.Random,
+                  scope: Scope = UNRESTRICTED) -> list[Backend]:
+    """The backends to try, in order. Raises 403 if the scope allows none of them, 400 if none
+    that it allows can honour the request as asked."""
+    allowed = [c for c in route.candidates if _allowed(scope, c.backend)]
+    if not allowed:
+        raise scope_forbids(scope, route)
     able: list[WeightedBackend] = []
     reasons: list[str] = []
-    for candidate in route.candidates:
+    for candidate in allowed:
         reason = ADAPTERS[candidate.backend.adapter].unsupported(body)
         if reason is None:
             able.append(candidate)

@@ -57,16 +57,13 @@ def phases(args: argparse.Namespace) -> list[dict]:
 
 
 def drive(system: System, plan: list[dict], harness_cpus, soak_s: float, soak_rate: int,
-          profile_phase: str | None) -> dict:
+          profile_rate: int | None = None, out: Path = RESULTS) -> dict:
     results: dict = {"version": system.version(), "phases": {}}
     monitor = TreeMonitor(system.pid) if system.name != "direct" else None
     for step in plan:
         spec = {**step, "url": system.url, "headers": system.headers, "chunks": 64}
         before = measure(system.pid)[2] if monitor else 0.0
-        profiler = report.start_profile(system, step["phase"]) if step["phase"] == profile_phase else None
         outcome = load(spec, harness_cpus)
-        if profiler:
-            results["profile"] = report.finish_profile(profiler)
         if monitor:
             outcome["cpu_s"] = measure(system.pid)[2] - before
         results["phases"][step["phase"]] = report.summarise(outcome)
@@ -83,6 +80,12 @@ def drive(system: System, plan: list[dict], harness_cpus, soak_s: float, soak_ra
                              "soak_growth_rss": (rss[-1] - rss[0]) if len(rss) > 1 else 0,
                              "soak_s": soak_s, "soak_rate": soak_rate}
         results["phases"]["soak"] = report.summarise(soak)
+    if profile_rate:
+        # Its own phase, after the measured ones: sampling costs the gateway CPU.
+        profiler = report.start_profile(system, out)
+        load({"stream": False, "rate": profile_rate, "duration_s": 15, "url": system.url,
+              "headers": system.headers}, harness_cpus)
+        results["profile"] = report.finish_profile(profiler)
     return results
 
 
@@ -100,8 +103,8 @@ def main() -> None:
     parser.add_argument("--gap-ms", type=float, default=20.0, help="the fake upstream's gap between chunks")
     parser.add_argument("--litellm-workers", type=int, default=2)
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    parser.add_argument("--profile", action="store_true",
-                        help="py-spy the NeuroAPI replicas during the 200/s phase")
+    parser.add_argument("--profile", type=int, nargs="?", const=100, default=None, metavar="RATE",
+                        help="then py-spy NeuroAPI's replicas for 15 s at RATE requests/s (default 100)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     soak_s = 30.0 if args.quick else args.soak
@@ -117,15 +120,16 @@ def main() -> None:
         "systems": {},
     }
     try:
-        run["systems"]["direct"] = drive(upstream, plan, harness_cpus, 0, 0, None)
+        run["systems"]["direct"] = drive(upstream, plan, harness_cpus, 0, 0)
         starters = [lambda: NeuroAPI(upstream, gateway_cpus)]
         if "litellm" in args.compare:
             starters.append(lambda: LiteLLM(upstream, gateway_cpus, args.litellm_workers))
         for start in starters:
             system = start()
             try:
-                profile = "rate 200" if args.profile and system.name == "neuroapi" else None
-                run["systems"][system.name] = drive(system, plan, harness_cpus, soak_s, args.soak_rate, profile)
+                profile = args.profile if system.name == "neuroapi" else None
+                run["systems"][system.name] = drive(system, plan, harness_cpus, soak_s, args.soak_rate, profile,
+                                                    args.out)
             finally:
                 system.stop()
     finally:

@@ -84,7 +84,7 @@ class Phase:
     async def run(self) -> dict:
         connector = aiohttp.TCPConnector(limit=self.spec.get("max_connections", 1000), force_close=False)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for _ in range(self.spec.get("warmup", 20)):
+            for _ in range(self.spec.get("warmup", 3 if self.stream else 20)):
                 await self.one(session, time.perf_counter())
             self.latency_ms.clear(), self.gap_ms.clear(), self.errors.clear()
             started = time.perf_counter()

@@ -175,8 +175,9 @@ def plot(run: dict, folder: Path) -> None:
 
 # ---- profiling (py-spy) --------------------------------------------------------------------
 
-def start_profile(system, phase: str) -> list:
-    """py-spy on NeuroAPI's ingress and provider-proxy replicas for the length of ``phase``."""
+def start_profile(system, folder: Path) -> list:
+    """py-spy (sampling only the thread holding the GIL: Python's CPU) on NeuroAPI's ingress
+    and provider-proxy replicas until ``finish_profile``; raw stacks go to the results folder."""
     from benchmarks.processes import tree
 
     profilers = []
@@ -184,9 +185,10 @@ def start_profile(system, phase: str) -> list:
         title = " ".join(process.cmdline())
         for role in ("Ingress", "Provider-openai"):
             if f"ServeReplica:neuroapi:{role}" in title:
-                output = Path(f"/tmp/neuroapi-profile-{role}-{process.pid}.txt")
+                output = folder / f"profile-{role}.txt"
+                output.parent.mkdir(parents=True, exist_ok=True)
                 profilers.append((role, output, subprocess.Popen(
-                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(process.pid), "--rate", "250", "--gil", "--format", "raw",
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(process.pid), "--rate", "250", "--gil", "--nonblocking", "--format", "raw",
                      "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
     return profilers
 

@@ -14,9 +14,11 @@ class _Strict(BaseModel):
 
 
 class ProviderSpec(_Strict):
-    """A third-party provider reached through one adapter module in ``actors/providers``."""
+    """A provider reached through one adapter module in ``actors/providers``: a third party, or
+    (``in_house``) a server the company runs itself, where traffic stays inside."""
 
     adapter: Literal["openai", "anthropic", "deepseek"]
+    in_house: bool = False
     base_url: HttpUrl
     credential_env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
     models: list[str] = Field(min_length=1)

@@ -23,11 +23,11 @@ from serve_app.ingress import Ingress
 def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | None = None) -> Application:
     enabled = settings.enabled_providers(os.environ if environ is None else environ)
     verifier = KeyVerifier.options(num_replicas=settings.verifier_replicas).bind(settings, redis_url)
-    router = ModeRouter.bind(settings, enabled)
+    router = ModeRouter.bind(settings, enabled, redis_url)
     proxies = {
         name: ProviderProxy.options(
             name=f"Provider-{name}", num_replicas=settings.providers[name].replicas
-        ).bind(settings.providers[name])
+        ).bind(name, settings.providers[name])
         for name in enabled
     }
     return Ingress.options(num_replicas=settings.ingress_replicas).bind(

@@ -95,7 +95,7 @@ def _note(backend: Backend, failure: UpstreamFailure) -> None:
 
 
 def _for(call: UpstreamCall, backend: Backend) -> UpstreamCall:
-    return UpstreamCall(call.request_id, backend.model, call.body, call.client_wants_usage)
+    return UpstreamCall(call.request_id, backend.model, call.body, call.client_wants_usage, call.scope)
 
 
 def error_event(error: GatewayError) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from actors.key_crypto import KeyCrypto
 from actors.key_rotation import rotate
 from actors.key_store import KeyStore
 from actors.redis_conn import connect
+from actors.scopes import Scope, ScopeError, ScopeStore, checked
 from config import logs
 from config.secrets import load_key_material
 from config.settings import ConfigError, Settings, load_settings
@@ -94,6 +96,22 @@ async def _accounts_create(redis: Redis, settings: Settings, email: str) -> int:
     return 0
 
 
+async def _accounts_scope(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
+    account = await AccountStore(redis).require(args.email)
+    store = ScopeStore(redis)
+    if args.clear or args.in_house_only or args.exclude_provider:
+        wanted = Scope(args.in_house_only, frozenset(args.exclude_provider or ()))
+        if args.clear and wanted.restricted:
+            raise ScopeError("--clear takes no other option")
+        confirmed = await store.set(account.id, checked(wanted, set(settings.providers)),
+                                    actor=f"cli:{getpass.getuser()}")
+        say(f"scope of {account.email} set; {confirmed} gateway replica(s) confirmed")
+    scope = await store.get(account.id)
+    excluded = ",".join(sorted(scope.excluded_providers)) or "-"
+    print(f"{account.email}\tin_house_only={'yes' if scope.in_house_only else 'no'}\texcluded={excluded}")
+    return 0
+
+
 def _key_store(redis: Redis, settings: Settings) -> KeyStore:
     material, generated = load_key_material(settings, create=True)
     if generated:
@@ -154,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     accounts = commands.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
     accounts.add_parser("create", help="create an account", parents=[common]).add_argument("email")
+    scope = accounts.add_parser("scope", parents=[common],
+                                help="show or set where an account's traffic may go (every replica, at once)")
+    scope.add_argument("email")
+    scope.add_argument("--in-house-only", action="store_true", help="only in-house models, never a third party")
+    scope.add_argument("--exclude-provider", action="append", metavar="NAME", help="never this provider (repeatable)")
+    scope.add_argument("--clear", action="store_true", help="no restriction")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="mint a key; prints it alone on stdout, once", parents=[common])
@@ -181,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args, settings)
         action = {
             ("accounts", "create"): lambda redis: _accounts_create(redis, settings, args.email),
+            ("accounts", "scope"): lambda redis: _accounts_scope(redis, settings, args),
             ("keys", "create"): lambda redis: _keys_create(redis, settings, args.email, args.name),
             ("keys", "list"): lambda redis: _keys_list(redis, settings, args.email),
             ("keys", "revoke"): lambda redis: _keys_revoke(redis, settings, args.prefix),
@@ -189,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         }[(args.command, args.action)]
         with redis_url_for(settings) as url:
             return asyncio.run(_run(url, action))
-    except (ConfigError, LocalRedisError, AccountError, LookupError, InvalidationTimeout) as error:
+    except (ConfigError, LocalRedisError, AccountError, LookupError, InvalidationTimeout, ScopeError) as error:
         say(f"neuroapi: {error}")
         return 2
 

@@ -10,8 +10,10 @@ authentication of any kind counts against the source address (``actors.auth_thro
 
 # No "from __future__ import annotations": FastAPI must see the real Request type here.
 import asyncio
+import hmac
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -32,13 +34,14 @@ from actors.key_store import KEYS_TOPIC, VerifiedKey
 from actors.providers.base import Completion, UpstreamCall, UpstreamFailure
 from actors.redis_conn import connect
 from actors.routing import RoutingTable, attempt_order
+from actors.scopes import ACCOUNT_TOPIC, Scope
 from actors.sessions import Session
 from config import logs
 from config.settings import Settings
 from serve_app.chat import Outcome, StreamItem, complete_chat, open_chat_stream
 from serve_app.client_address import client_address, parse_networks
 from serve_app.key_cache import VerifiedKeyCache, fingerprint
-from serve_app.schemas import Credentials, NewKey, parse_body, parse_chat_request
+from serve_app.schemas import Credentials, NewKey, ScopeChange, parse_body, parse_chat_request
 
 logger = logging.getLogger("neuroapi.ingress")
 BLOCKS_TOPIC = "auth-block"  # subject: "<address> <seconds blocked>"
@@ -170,6 +173,9 @@ class Ingress:
         self._blocked_until: dict[str, float] = {}  # address → monotonic time the block ends
         self._key_uses: dict[str, int] = {}  # prefix → last use (unix s), flushed in batches
         self._flusher = asyncio.get_running_loop().create_task(self._flush_key_uses_forever())
+        # The admin API is on only with a token in this replica's environment (never in config).
+        self._admin_token = os.environ.get("NEUROAPI_ADMIN_TOKEN", "").encode()
+        self._router = router
         self._verifier = verifier
         self._backends = RayBackends(proxies)
         self._table: RoutingTable = await router.table.remote()
@@ -189,6 +195,8 @@ class Ingress:
     def _invalidate(self, topic: str, subject: str) -> None:
         if topic == KEYS_TOPIC:
             self._keys.invalidate(subject)
+        elif topic == ACCOUNT_TOPIC:
+            self._keys.invalidate_account(subject)
         elif topic == BLOCKS_TOPIC:
             address, seconds = subject.rsplit(" ", 1)
             self._blocked_until[address] = time.monotonic() + float(seconds)
@@ -247,6 +255,17 @@ class Ingress:
             raise await self._failed(address, invalid_session())
         return token, session
 
+    async def _admin(self, request: Request) -> str:
+        """The audit actor for an admin call with the right token."""
+        address = self._source(request)
+        if not self._admin_token:
+            raise GatewayError(403, "The admin API is off: set NEUROAPI_ADMIN_TOKEN for the gateway.",
+                               type="permission_error", code="admin_disabled")
+        presented = (presented_key(request) or "").encode()
+        if not hmac.compare_digest(presented, self._admin_token):
+            raise await self._failed(address, GatewayError(401, "Invalid admin token.", code="invalid_admin_token"))
+        return f"admin-api from {address}"
+
     async def _flush_key_uses_forever(self) -> None:
         while True:
             await asyncio.sleep(KEY_USE_FLUSH_S)
@@ -260,13 +279,13 @@ class Ingress:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
         started = time.perf_counter()
-        await self._authenticate(request)
+        verified = await self._authenticate(request)
         chat = parse_chat_request(await read_body(request, self._max_body_bytes))
         route = self._table.resolve(chat.model, chat.mode)
         body = chat.upstream_body()
-        order = attempt_order(route, body, self._rng)
+        order = attempt_order(route, body, self._rng, verified.scope)
         call = UpstreamCall(request.headers.get("x-request-id", ""), "", body,
-                            chat.wants_usage_in_stream)
+                            chat.wants_usage_in_stream, verified.scope)
         outcome = Outcome()
         if not chat.stream:
             completion = await complete_chat(self._backends, order, call, outcome)
@@ -285,14 +304,14 @@ class Ingress:
 
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> JSONResponse:
-        await self._authenticate(request)
+        verified = await self._authenticate(request)
         owners = {m: b.provider for m, b in self._table.models.items()}
         return JSONResponse({
             "object": "list",
             "data": [
                 {"id": name, "object": "model", "created": 0,
                  "owned_by": owners.get(name, "neuroapi")}
-                for name in self._table.listing()
+                for name in self._table.listing(verified.scope)
             ],
         })
 
@@ -341,6 +360,23 @@ class Ingress:
         if not await self._verifier.revoke_key.remote(session.account_id, prefix):
             raise GatewayError(404, f"This account has no key '{prefix}'.", code="key_not_found", param="prefix")
         return JSONResponse({"object": "api_key", "prefix": prefix, "status": "revoked"})
+
+    # ---- operators ------------------------------------------------------------------------
+
+    @api.get("/v1/admin/accounts/{email}/scope")
+    async def account_scope(self, email: str, request: Request) -> JSONResponse:
+        await self._admin(request)
+        account_id, scope = raise_if_error(await self._router.scope.remote(email))
+        return JSONResponse({"object": "account_scope", "account_id": account_id, **scope.as_dict()})
+
+    @api.put("/v1/admin/accounts/{email}/scope")
+    async def set_account_scope(self, email: str, request: Request) -> JSONResponse:
+        actor = await self._admin(request)
+        change = parse_body(ScopeChange, await read_body(request, self._max_body_bytes))
+        scope = Scope(change.in_house_only, frozenset(change.excluded_providers))
+        account_id, confirmed = raise_if_error(await self._router.set_scope.remote(email, scope, actor))
+        return JSONResponse({"object": "account_scope", "account_id": account_id, **scope.as_dict(),
+                             "replicas_confirmed": confirmed})
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

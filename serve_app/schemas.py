@@ -91,6 +91,13 @@ class NewKey(_Strict):
     name: str = Field(default="", max_length=100)
 
 
+class ScopeChange(_Strict):
+    """The admin API's account scope: in-house models only, and/or excluded providers."""
+
+    in_house_only: bool = False
+    excluded_providers: list[str] = Field(default_factory=list, max_length=64)
+
+
 Model = TypeVar("Model", bound=BaseModel)
 
 

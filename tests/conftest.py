@@ -155,6 +155,8 @@ def gateway(
         "OPENAI_API_KEY": CREDENTIALS["openai"],
         "ANTHROPIC_API_KEY": CREDENTIALS["anthropic"],
         "DEEPSEEK_API_KEY": CREDENTIALS["deepseek"],
+        "NEUROAPI_INHOUSE_API_KEY": CREDENTIALS["inhouse"],
+        "NEUROAPI_ADMIN_TOKEN": "admin-" + secrets.token_hex(16),
         **{f"NEUROAPI_{name.upper()}_BASE_URL": url for name, url in fakes.base_urls().items()},
         **write_secrets_file(folder / "data" / "secrets.json"),
         # Serve buffers replica log lines in memory (1000 with throughput-optimised mode) and

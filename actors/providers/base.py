@@ -14,6 +14,7 @@ from typing import Any
 
 from actors.errors import GatewayError
 from actors.providers.sse import SSEEvent
+from actors.scopes import UNRESTRICTED, Scope
 from config.catalog import ProviderSpec
 
 
@@ -23,6 +24,7 @@ class UpstreamCall:
     model: str  # the concrete model this provider serves
     body: dict[str, Any]  # the caller's validated OpenAI-style request
     client_wants_usage: bool = False  # stream_options.include_usage from the caller
+    scope: Scope = UNRESTRICTED  # the account's: a proxy the scope forbids refuses before connecting
 
     def __repr__(self) -> str:  # the body is the prompt: never in a log line or a traceback
         return f"UpstreamCall(request_id={self.request_id!r}, model={self.model!r})"

@@ -1,7 +1,8 @@
 """Fake OpenAI, DeepSeek and Anthropic APIs on loopback, speaking their real wire formats.
 
 One server answers all three under path prefixes (``/openai/v1``, ``/deepseek``,
-``/anthropic``). It records every request it receives, checks credentials the way each
+``/anthropic``), plus OpenAI-compatible in-house servers: ``/inhouse/v1`` and, for tests
+that invent providers, ``/any/<name>/v1`` (credential ``sk-test-any``). It records every request it receives, checks credentials the way each
 provider does, and can be scripted per model to fail in the ways real upstreams fail. The
 official SDKs are pointed at it in ``tests/unit/test_fake_upstreams.py`` to keep it honest."""
 
@@ -24,7 +25,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 ANTHROPIC_VERSIONS = {"2023-06-01", "2026-10-21"}
-CREDENTIALS = {"openai": "sk-test-openai", "deepseek": "sk-test-deepseek", "anthropic": "sk-ant-test"}
+CREDENTIALS = {"openai": "sk-test-openai", "deepseek": "sk-test-deepseek", "anthropic": "sk-ant-test",
+               "inhouse": "sk-test-inhouse"}
+ANY_CREDENTIAL = "sk-test-any"
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Recorded:
     headers: dict[str, str]
     body: dict[str, Any]
     closed_at: float | None = None
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -97,6 +101,7 @@ class FakeUpstreams:
             "openai": f"{self.url}/openai/v1",
             "deepseek": f"{self.url}/deepseek",
             "anthropic": f"{self.url}/anthropic",
+            "inhouse": f"{self.url}/inhouse/v1",
         }
 
     # -- server ----------------------------------------------------------------------------
@@ -107,6 +112,8 @@ class FakeUpstreams:
         app = Starlette(routes=[
             Route("/openai/v1/chat/completions", self._openai, methods=["POST"]),
             Route("/deepseek/chat/completions", self._deepseek, methods=["POST"]),
+            Route("/inhouse/v1/chat/completions", self._inhouse, methods=["POST"]),
+            Route("/any/{name}/v1/chat/completions", self._any, methods=["POST"]),
             Route("/anthropic/v1/messages", self._anthropic, methods=["POST"]),
         ])
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
@@ -136,9 +143,15 @@ class FakeUpstreams:
     async def _deepseek(self, request: Request) -> Response:
         return await self._openai(request, provider="deepseek")
 
-    async def _openai(self, request: Request, provider: str = "openai") -> Response:
+    async def _inhouse(self, request: Request) -> Response:
+        return await self._openai(request, provider="inhouse")
+
+    async def _any(self, request: Request) -> Response:
+        return await self._openai(request, provider=request.path_params["name"], credential=ANY_CREDENTIAL)
+
+    async def _openai(self, request: Request, provider: str = "openai", credential: str | None = None) -> Response:
         recorded, behaviour = await self._record(provider, request)
-        if request.headers.get("authorization") != f"Bearer {CREDENTIALS[provider]}":
+        if request.headers.get("authorization") != f"Bearer {credential or CREDENTIALS[provider]}":
             return _openai_error(401, "Incorrect API key provided: sk-te***. ", "invalid_api_key")
         if behaviour.status != 200:
             return _openai_error(behaviour.status, f"fake failure {behaviour.status}", "fake_error")

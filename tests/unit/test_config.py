@@ -16,9 +16,11 @@ def write(tmp_path, data) -> str:
     return str(path)
 
 
-def test_defaults_load_with_the_three_providers_and_exact_prices():
+def test_defaults_load_with_the_three_providers_one_in_house_server_and_exact_prices():
     settings = load_settings(environ={})
-    assert set(settings.providers) == {"openai", "anthropic", "deepseek"}
+    assert set(settings.providers) == {"openai", "anthropic", "deepseek", "inhouse"}
+    assert [name for name, spec in settings.providers.items() if spec.in_house] == ["inhouse"]
+    assert [c.model for c in settings.modes["private"].candidates] == ["smollm2-135m-instruct"]
     assert settings.provider_of("deepseek-chat") == "deepseek"
     assert settings.prices["gpt-4o-mini"].input == Decimal("150000")
     assert settings.enabled_providers({}) == []
