@@ -53,6 +53,14 @@ class Settings(BaseModel):
     failed_auth_limit: int = Field(default=20, ge=1)
     failed_auth_window_s: float = Field(default=60.0, gt=0)
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Metering (actors.metadata_batcher): call records go to Redis in batches of up to
+    # metering_max_batch, or once the oldest waited metering_max_age_s; up to
+    # metering_buffer_records wait in memory while Redis is away, the rest in
+    # <data_dir>/metering-spill. The calls stream keeps about calls_stream_max_entries entries.
+    metering_max_batch: int = Field(default=200, ge=1, le=10_000)
+    metering_max_age_s: float = Field(default=0.2, gt=0, le=60)
+    metering_buffer_records: int = Field(default=100_000, ge=1, le=10_000_000)
+    calls_stream_max_entries: int = Field(default=1_000_000, ge=1_000, le=1_000_000_000)
     providers: dict[str, ProviderSpec]
     modes: dict[str, ModeSpec]
     prices: dict[str, Price]
@@ -93,6 +101,10 @@ class Settings(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def metering_spill_dir(self) -> Path:
+        return self.data_dir / "metering-spill"
 
     def provider_of(self, model: str) -> str:
         for name, provider in self.providers.items():

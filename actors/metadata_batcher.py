@@ -1,0 +1,557 @@
+"""Call records to Redis in batches, with nothing lost while Redis is down or slow.
+
+``Batcher`` is the plain-Python core; ``MetadataBatcher`` is the thin Serve deployment the
+ingress sends records to.
+
+Policy: records are written in arrival order, in batches of ``max_batch`` or once the oldest
+has waited ``max_age_s``. A failed write (Redis down, a reply slower than the socket timeout)
+keeps the batch at the head of the queue and retries it with backoff (0.1 s doubling to 2 s);
+retrying is safe because ``UsageStore`` counts each request id once. Up to ``buffer_records``
+records wait in memory. Beyond that, records are appended to JSONL files under the spill
+directory (records hold no text, so they may touch disk); while anything is spilled, newer
+records go to the spill too, so order holds. Once Redis accepts writes, the memory buffer is
+written, then the spill files oldest first, each deleted once written. On shutdown whatever
+could not be written in time is spilled; a later batcher on the same directory adopts and
+replays the files of one that is gone (each instance holds an flock on its own folder). Only
+if the spill write itself fails are records dropped. Spilling and dropping are logged
+(rate-limited, counts only) and counted: ``spilled_total``, ``dropped_total``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from fcntl import LOCK_EX, LOCK_NB, flock
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+from ray import serve
+from ray.serve.metrics import Counter, Histogram
+
+from actors.metering import CallRecord
+from actors.redis_conn import connect
+from actors.usage_store import UsageStore
+from config import logs
+from config.settings import Settings
+
+logger = logging.getLogger("neuroapi.metering")
+
+LOG_EVERY_S = 10.0
+RECENT_BATCHES = 1000
+
+
+class Store(Protocol):
+    async def write(self, records: list[CallRecord]) -> int: ...
+
+
+class _RateLimitedLog:
+    """At most one line per kind every ``every_s``; the next says how many were held back."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S):
+        self._every_s = every_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, level: int, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self._every_s) < self._every_s:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        if held:
+            message += " (%d similar messages held back)"
+            args = (*args, held)
+        logger.log(level, message, *args)
+
+
+class SpillFiles:
+    """Append-only JSONL segments ``<seq>.jsonl`` under ``<root>/<instance>/``, owned through an
+    flock on ``<root>/<instance>.lock`` held for the instance's life. Records are appended to the
+    current segment; replay reads closed segments only, so the two never share a file."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._dir: Path | None = None
+        self._lock_fd: int | None = None
+        self._current: tuple[Path, int] | None = None  # (path, fd) being appended to
+        self._current_lines = 0
+        self._closed: deque[Path] = deque()  # ready to replay, oldest first
+        self._next_seq = 0
+        self._reader: Any = None  # binary file object on _closed[0]
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self._closed) or self._current_lines > 0
+
+    def _own_dir(self) -> Path:
+        if self._dir is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            name = f"{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}"
+            fd = os.open(self.root / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            flock(fd, LOCK_EX | LOCK_NB)  # new and ours: cannot be held
+            (self.root / name).mkdir(mode=0o700)
+            self._lock_fd, self._dir = fd, self.root / name
+        return self._dir
+
+    def _segment(self, seq: int) -> Path:
+        return self._own_dir() / f"{seq}.jsonl"
+
+    def adopt_orphans(self) -> int:
+        """Take over the segments of instances that are gone (their lock is free); returns how
+        many lines they hold. Oldest instance first, each one's segments in order."""
+        if not self.root.is_dir():
+            return 0
+        adopted_lines = 0
+        for lock_path in sorted(self.root.glob("*.lock")):
+            if self._dir is not None and lock_path.stem == self._dir.name:
+                continue
+            try:
+                fd = os.open(lock_path, os.O_RDWR)
+            except FileNotFoundError:
+                continue  # its owner just cleaned up
+            try:
+                flock(fd, LOCK_EX | LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # alive
+            try:  # an orphan: move its segments into our folder, in order
+                orphan = self.root / lock_path.stem
+                segments = sorted(orphan.glob("*.jsonl"), key=lambda p: int(p.stem)) if orphan.is_dir() else []
+                for segment in segments:
+                    target = self._segment(self._next_seq)
+                    self._next_seq += 1
+                    os.replace(segment, target)
+                    self._closed.append(target)
+                    adopted_lines += _count_lines(target)
+                if orphan.is_dir():
+                    orphan.rmdir()
+                lock_path.unlink(missing_ok=True)
+            except OSError as error:  # keep what was moved; the rest waits for a later start
+                logger.error("metering: could not adopt spill files (%s)", type(error).__name__)
+            finally:
+                os.close(fd)
+        return adopted_lines
+
+    def append(self, records: list[CallRecord]) -> None:
+        """All of ``records`` or, on OSError, none (the file is cut back to where it was)."""
+        data = "".join(json.dumps(r.to_fields(), separators=(",", ":")) + "\n" for r in records).encode()
+        if self._current is None:
+            path = self._segment(self._next_seq)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._next_seq += 1
+            self._current, self._current_lines = (path, fd), 0
+        fd = self._current[1]
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise
+        self._current_lines += len(records)
+
+    def _rotate(self) -> None:
+        if self._current is not None:
+            path, fd = self._current
+            os.close(fd)
+            self._current, self._current_lines = None, 0
+            if os.path.getsize(path):
+                self._closed.append(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    def read(self, limit: int) -> tuple[list[CallRecord], int]:
+        """Up to ``limit`` records from the oldest segment, and how many lines were unreadable.
+        The segment is deleted only by ``consumed`` once its records are written."""
+        if not self._closed:
+            self._rotate()
+        records: list[CallRecord] = []
+        bad = 0
+        while self._closed and not records and not bad:
+            if self._reader is None:
+                try:
+                    self._reader = open(self._closed[0], "rb")  # noqa: SIM115 - held across calls
+                except FileNotFoundError:  # removed by hand: nothing to replay there
+                    logger.error("metering: a spill file vanished before it was replayed")
+                    self._closed.popleft()
+                    continue
+            for line in islice(self._reader, limit):
+                try:
+                    records.append(CallRecord.from_fields(json.loads(line)))
+                except (ValueError, KeyError, TypeError):
+                    bad += 1  # a line cut short by a crash or a full disk
+            if not records and not bad:
+                self.consumed()  # an empty segment, or one already read to its end
+        return records, bad
+
+    def consumed(self) -> None:
+        """What was read so far is written: drop the segment once read to its end."""
+        if self._reader is not None and self._reader.tell() >= os.fstat(self._reader.fileno()).st_size:
+            self._reader.close()
+            self._reader = None
+            self._closed.popleft().unlink(missing_ok=True)
+
+    def put_first(self, records: list[CallRecord]) -> None:
+        """Spill records that are older than everything already spilled (a shutdown's buffer)."""
+        seqs = [int(p.stem) for p in self._closed]
+        if self._current is not None:
+            seqs.append(int(self._current[0].stem))
+        path = self._segment(min(seqs, default=self._next_seq) - 1)
+        data = "".join(json.dumps(r.to_fields(), separators=(",", ":")) + "\n" for r in records)
+        try:
+            path.write_text(data)
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
+        self._closed.appendleft(path)
+
+    def close(self) -> None:
+        """Release the folder; what is left in it waits for the next instance to adopt."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._rotate()
+        if self._dir is not None and self._lock_fd is not None:
+            if not self._closed:
+                try:
+                    self._dir.rmdir()
+                    (self.root / f"{self._dir.name}.lock").unlink(missing_ok=True)
+                except OSError:
+                    pass  # not empty after all: adopted later
+            os.close(self._lock_fd)
+            self._lock_fd, self._dir = None, None
+        self._closed.clear()
+
+
+def _count_lines(path: Path) -> int:
+    lines = 0
+    last = b"\n"
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")  # a last line without its newline still counts
+
+
+class Batcher:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 200,
+        max_age_s: float = 0.2,
+        buffer_records: int = 100_000,
+        spill_dir: Path | None = None,
+        retry_initial_s: float = 0.1,
+        retry_max_s: float = 2.0,
+        on_event: Callable[[str, int], None] | None = None,
+    ):
+        """``on_event(kind, count)`` is told of each ``written`` batch and of ``spilled`` and
+        ``dropped`` records (for metrics)."""
+        if max_batch < 1 or buffer_records < 1 or max_age_s < 0:
+            raise ValueError("max_batch and buffer_records must be positive, max_age_s not negative")
+        self._store = store
+        self._max_batch = max_batch
+        self._max_age_s = max_age_s
+        self._capacity = buffer_records
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._on_event = on_event
+        self._spill = SpillFiles(spill_dir) if spill_dir is not None else None
+        self._buffer: deque[tuple[float, CallRecord]] = deque()  # (monotonic time added, record)
+        self._replay: list[CallRecord] | None = None  # a chunk read from the spill, being written
+        self._log = _RateLimitedLog()
+        # Progress in records, for flush(): accepted (to memory or spill) and settled (written,
+        # or found unreadable in the spill).
+        self._accepted = 0
+        self._settled = 0
+        self._flush_target = 0
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.written_total = 0  # records Redis accepted (a re-sent, already counted one included)
+        self.counted_total = 0  # of those, newly counted
+        self.spilled_total = 0
+        self.dropped_total = 0
+        self.batches_total = 0
+        self.failures_total = 0  # failed write attempts
+        self.recent_batch_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)
+
+    # ---- the producer side ------------------------------------------------------------------
+
+    def add(self, records: Iterable[CallRecord]) -> None:
+        """Queue ``records``; never blocks on Redis and never raises."""
+        try:
+            self._add(list(records))
+        except Exception as error:  # a bug here must not fail the caller's request
+            self._log(logging.ERROR, "add", "metering: could not queue call records (%s)", type(error).__name__)
+
+    def _add(self, records: list[CallRecord]) -> None:
+        valid = [r for r in records if isinstance(r, CallRecord) and r.request_id]
+        if len(valid) < len(records):
+            self._drop(len(records) - len(valid), "not a call record with a request id")
+        if not valid:
+            return
+        if self._closed:
+            self._drop(len(valid), "the batcher is closed")
+            return
+        try:
+            self.start()
+        except RuntimeError:
+            pass  # no event loop yet: the records wait in the buffer until one starts the loop
+        was_empty = not self._buffer
+        overflow = valid
+        if not (self._spill is not None and self._spill.has_data):  # else spill, to keep order
+            room = max(self._capacity - len(self._buffer), 0)
+            now = time.monotonic()
+            self._buffer.extend((now, r) for r in valid[:room])
+            self._accepted += min(room, len(valid))
+            overflow = valid[room:]
+        if overflow:
+            self._spill_or_drop(overflow)
+        if was_empty or len(self._buffer) >= self._max_batch or overflow:
+            self._wake.set()
+
+    def _spill_or_drop(self, records: list[CallRecord]) -> None:
+        if self._spill is None:
+            self._drop(len(records), "the buffer is full and no spill directory is set")
+            return
+        try:
+            self._spill.append(records)
+        except OSError as error:
+            self._drop(len(records), f"the buffer is full and the spill write failed ({type(error).__name__})")
+            return
+        self._accepted += len(records)
+        self.spilled_total += len(records)
+        self._event("spilled", len(records))
+        self._log(logging.WARNING, "spill", "metering: Redis is behind; %d call records spilled to disk "
+                  "(%d in all)", len(records), self.spilled_total)
+
+    def _drop(self, count: int, why: str) -> None:
+        self.dropped_total += count
+        self._event("dropped", count)
+        self._log(logging.ERROR, "drop:" + why, "metering: %d call records DROPPED: %s (%d in all)",
+                  count, why, self.dropped_total)
+
+    def _event(self, kind: str, count: int) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(kind, count)
+            except Exception as error:
+                self._log(logging.ERROR, "event", "metering: metrics hook failed (%s)", type(error).__name__)
+
+    # ---- the writer side --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the flush loop (and adopt spill files a stopped batcher left); needs a running
+        event loop. Called by ``add`` and ``flush`` if not before."""
+        if self._task is not None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self._spill is not None:
+            try:
+                adopted = self._spill.adopt_orphans()
+            except OSError as error:
+                adopted = 0
+                logger.error("metering: could not read the spill directory (%s)", type(error).__name__)
+            if adopted:
+                self._accepted += adopted
+                logger.warning("metering: replaying %d call records spilled by an earlier process", adopted)
+        self._task = loop.create_task(self._run())
+
+    def _urgent(self) -> bool:
+        return self._closed or self._settled < self._flush_target
+
+    def _next_batch(self) -> tuple[list[CallRecord] | None, float | None]:
+        """The batch to write now, or None and how long until one is due (None: when woken)."""
+        if self._buffer:
+            wait = self._buffer[0][0] + self._max_age_s - time.monotonic()
+            spilling = self._spill is not None and self._spill.has_data
+            if len(self._buffer) >= self._max_batch or wait <= 0 or spilling or self._urgent():
+                return [r for _, r in islice(self._buffer, self._max_batch)], None
+            return None, wait
+        while self._replay is None and self._spill is not None and self._spill.has_data:
+            records, bad = self._spill.read(self._max_batch)
+            if bad:
+                self._settled += bad
+                self._progress.set()
+                self._drop(bad, "unreadable lines in a spill file")
+            if records:
+                self._replay = records
+            else:
+                self._spill.consumed()
+        return self._replay, None
+
+    async def _run(self) -> None:
+        backoff = self._retry_initial_s
+        while True:
+            try:
+                batch, wait = self._next_batch()
+                if batch is None:
+                    self._wake.clear()
+                    await self._sleep(self._wake, wait)
+                    continue
+                try:
+                    counted = await self._store.write(batch)
+                except Exception as error:  # Redis down, slow, restarting: keep and retry
+                    self.failures_total += 1
+                    self._log(logging.WARNING, "write", "metering: writing %d call records failed (%s); "
+                              "%d buffered in memory, retrying", len(batch), type(error).__name__,
+                              len(self._buffer))
+                    await self._sleep(self._stop, backoff)
+                    backoff = min(backoff * 2, self._retry_max_s)
+                    continue
+                backoff = self._retry_initial_s
+                self._written(batch, counted)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a bug or the disk: never let the loop die
+                self._log(logging.ERROR, "loop", "metering: flush loop error (%s)", type(error).__name__)
+                await self._sleep(self._stop, self._retry_max_s)
+
+    @staticmethod
+    async def _sleep(event: asyncio.Event, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _written(self, batch: list[CallRecord], counted: int) -> None:
+        if self._replay is batch:
+            self._replay = None
+            assert self._spill is not None
+            self._spill.consumed()
+        else:
+            for _ in batch:
+                self._buffer.popleft()
+        self.written_total += len(batch)
+        self.counted_total += counted
+        self.batches_total += 1
+        self.recent_batch_sizes.append(len(batch))
+        self._settled += len(batch)
+        self._progress.set()
+        self._event("written", len(batch))
+
+    async def flush(self, timeout_s: float | None = None) -> int:
+        """Write everything queued before this call (memory and spill); returns how many records
+        were written meanwhile. Raises ``TimeoutError`` if Redis did not take them in time."""
+        if self._closed:
+            return 0
+        self.start()
+        target = self._accepted
+        self._flush_target = max(self._flush_target, target)
+        before = self.written_total
+        self._wake.set()
+
+        async def settled() -> None:
+            while self._settled < target:
+                self._progress.clear()
+                await self._progress.wait()
+
+        await asyncio.wait_for(settled(), timeout_s)
+        return self.written_total - before
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued (for up to ``timeout_s``), spill what is left, stop."""
+        if self._closed:
+            return
+        try:
+            await self.flush(timeout_s)
+        except TimeoutError:
+            pass
+        self._closed = True
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        left = [r for _, r in self._buffer]
+        self._buffer.clear()
+        if left:
+            try:
+                if self._spill is None:
+                    raise OSError("no spill directory")
+                self._spill.put_first(left)
+            except OSError as error:
+                self._drop(len(left), f"shutdown with Redis unavailable and no spill ({type(error).__name__})")
+            else:
+                self.spilled_total += len(left)
+                self._event("spilled", len(left))
+                logger.warning("metering: %d call records left for the next start (spilled)", len(left))
+        if self._spill is not None:
+            self._spill.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "buffered": len(self._buffer),
+            "pending": self._accepted - self._settled,  # buffered plus spilled, not yet written
+            "written_total": self.written_total,
+            "counted_total": self.counted_total,
+            "spilled_total": self.spilled_total,
+            "dropped_total": self.dropped_total,
+            "batches_total": self.batches_total,
+            "failures_total": self.failures_total,
+            "recent_batch_sizes": list(self.recent_batch_sizes),
+        }
+
+
+# ---- the Serve deployment -------------------------------------------------------------------
+
+# Bounds each Redis reply: a slow Redis becomes a failed attempt (retried), not a stuck loop.
+REDIS_TIMEOUT_S = 5.0
+BATCH_SIZE_BOUNDARIES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+
+
+@serve.deployment(max_ongoing_requests=10000, ray_actor_options={"num_cpus": 0})
+class MetadataBatcher:
+    """Receives call records from the ingress replicas; writes them with a ``Batcher``."""
+
+    async def __init__(self, settings: Settings, redis_url: str):
+        logs.install(in_replica=True)
+        self._redis = connect(redis_url, socket_timeout=REDIS_TIMEOUT_S, retries=0)
+        self._metrics = {
+            "written": Counter("neuroapi_metering_written_total", "Call records written to Redis"),
+            "spilled": Counter("neuroapi_metering_spilled_total", "Call records spilled to disk"),
+            "dropped": Counter("neuroapi_metering_dropped_total", "Call records lost"),
+        }
+        self._batch_size = Histogram("neuroapi_metering_batch_size", "Call records per Redis write",
+                                     boundaries=BATCH_SIZE_BOUNDARIES)
+        store = UsageStore(self._redis, stream_max_entries=settings.calls_stream_max_entries)
+        self._batcher = Batcher(
+            store, max_batch=settings.metering_max_batch, max_age_s=settings.metering_max_age_s,
+            buffer_records=settings.metering_buffer_records, spill_dir=settings.metering_spill_dir,
+            on_event=self._export)
+        self._batcher.start()
+
+    def _export(self, kind: str, count: int) -> None:
+        self._metrics[kind].inc(count)
+        if kind == "written":
+            self._batch_size.observe(count)
+
+    async def record(self, records: list[CallRecord]) -> None:
+        self._batcher.add(records)
+
+    async def stats(self) -> dict[str, Any]:
+        return self._batcher.stats()
+
+    async def flush(self) -> int:
+        return await self._batcher.flush(timeout_s=30.0)
+
+    async def __del__(self) -> None:
+        await self._batcher.aclose(timeout_s=10.0)
+        await self._redis.aclose()

@@ -1,0 +1,265 @@
+"""Metering: exact money, the call record, and idempotent counting in a real redis-server of
+this module's own (append-only, fsync always, so it can be stopped and restarted with its data)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, fields, replace
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from actors.accounts import account_usage_key
+from actors.metering import (
+    CallRecord,
+    cost_micro_units,
+    cost_units_text,
+    current_month,
+    estimate_tokens,
+)
+from actors.usage_store import CALLS_STREAM, UsageStore, counted_key
+from config.catalog import Price
+from config.settings import ConfigError, load_settings
+from serve_app.runtime import free_port
+
+# 2026-03-15T12:00:00Z
+MARCH = 1_773_576_000_000
+
+
+@dataclass
+class AofRedis:
+    """A redis-server with append-only persistence that a test may stop and start again on the
+    same port, data intact."""
+
+    folder: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> AofRedis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (the .ci/run script installs it)")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
+             "--logfile", str(self.folder / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.ping():
+                    return self
+            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.02)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
+
+
+def start_aof_redis(folder: Path) -> AofRedis:
+    folder.mkdir(parents=True, exist_ok=True)
+    return AofRedis(folder, free_port()).start()
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory):
+    server = start_aof_redis(tmp_path_factory.mktemp("redis-metering"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_client(own_redis):
+    client = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+def record(account_id: str = "acct_1", *, mode: str = "fast", prompt: int = 10, completion: int = 20,
+           cost: int = 7, estimated: bool = False, request_id: str | None = None,
+           timestamp_ms: int = MARCH, status: int = 200) -> CallRecord:
+    return CallRecord(
+        request_id=request_id or str(uuid.uuid4()), timestamp_ms=timestamp_ms,
+        key_prefix="neuro_abcd1234" if account_id else "", account_id=account_id, status=status,
+        mode=mode, backend="openai" if status == 200 else "", model="gpt-4o-mini" if status == 200 else "",
+        prompt_tokens=prompt, completion_tokens=completion, estimated=estimated,
+        cost_micro_units=cost, request_bytes=100, response_bytes=300)
+
+
+# ---- money -----------------------------------------------------------------------------------
+
+def test_cost_is_an_exact_integer_product_of_whole_prices():
+    price = Price(input=150000, output=600000)  # gpt-4o-mini: US$0.15 / US$0.60 per million
+    assert cost_micro_units(price, 1, 0) == 150000
+    assert cost_micro_units(price, 1000, 500) == 1000 * 150000 + 500 * 600000
+    assert cost_micro_units(price, 0, 0) == 0
+    # Far past float's 2**53 exact range: still exact.
+    big = 10**15 + 7
+    expected = big * 150000 + (big + 1) * 600000
+    assert cost_micro_units(price, big, big + 1) == expected
+    assert expected > 2**53 and float(expected) != expected
+
+
+def test_fractional_prices_are_exact_and_round_half_up_once_per_call():
+    price = Price(input=Decimal("0.5"), output=Decimal("0.25"))
+    assert cost_micro_units(price, 2, 4) == 2  # 1 + 1, exact
+    assert cost_micro_units(price, 1, 0) == 1  # 0.5 rounds up
+    assert cost_micro_units(price, 0, 1) == 0  # 0.25 rounds down
+    assert cost_micro_units(price, 1, 2) == 1  # 0.5 + 0.5 = 1
+    assert cost_micro_units(price, 3, 3) == 2  # 1.5 + 0.75 = 2.25
+    # A YAML float goes through its text, so 0.1 is one tenth, not 0.1000000000000000055...
+    tenth = Price(input=0.1, output=0.1)
+    assert cost_micro_units(tenth, 10**18, 0) == 10**17
+    with pytest.raises(ValueError):
+        cost_micro_units(price, -1, 0)
+
+
+def test_cost_units_text_is_exact():
+    assert cost_units_text(1_500_000) == "1.5"
+    assert cost_units_text(3) == "0.000003"
+    assert cost_units_text(0) == "0"
+    assert cost_units_text(2_000_000) == "2"
+    assert cost_units_text(1_000_001) == "1.000001"
+    assert cost_units_text(123_456_789_012_345_678_901) == "123456789012345.678901"
+    assert cost_units_text(-1_500_000) == "-1.5"
+    assert Decimal(cost_units_text(987_654_321)) * 1_000_000 == 987_654_321
+
+
+def test_token_estimate_is_a_quarter_of_the_utf8_bytes_rounded_up():
+    assert estimate_tokens("") == 0
+    assert estimate_tokens("a") == 1
+    assert estimate_tokens("abcd") == 1
+    assert estimate_tokens("abcde") == 2
+    assert estimate_tokens("é" * 4) == 2  # 8 bytes
+    assert estimate_tokens("\ud800") == 1  # a lone surrogate does not raise
+
+
+def test_current_month_is_utc():
+    assert current_month(MARCH) == "2026-03"
+    assert current_month(1_772_323_199_999) == "2026-02"  # 2026-02-28T23:59:59.999Z
+    assert current_month(1_772_323_200_000) == "2026-03"
+    assert current_month(0) == "1970-01"
+
+
+def test_a_call_record_round_trips_through_stream_fields_and_holds_no_text():
+    original = record(estimated=True, cost=123456789012345)
+    entry = original.to_fields()
+    assert all(isinstance(v, str) for v in entry.values())
+    assert entry["estimated"] == "1" and entry["cost_micro_units"] == "123456789012345"
+    assert CallRecord.from_fields(entry) == original
+    assert CallRecord.from_fields({k.encode(): v.encode() for k, v in entry.items()}) == original
+    assert {f.name for f in fields(CallRecord)} == set(entry)
+    assert not {"messages", "content", "prompt", "completion", "text"} & set(entry)
+    with pytest.raises(ValueError):
+        CallRecord.from_fields({**entry, "estimated": "yes"})
+    with pytest.raises(KeyError):
+        CallRecord.from_fields({k: v for k, v in entry.items() if k != "status"})
+
+
+def test_metering_settings_have_defaults_bounds_and_a_spill_dir_under_the_data_dir(tmp_path):
+    settings = load_settings(environ={"NEUROAPI_DATA_DIR": str(tmp_path)})
+    assert (settings.metering_max_batch, settings.metering_max_age_s) == (200, 0.2)
+    assert (settings.metering_buffer_records, settings.calls_stream_max_entries) == (100_000, 1_000_000)
+    assert settings.metering_spill_dir == tmp_path / "metering-spill"
+    overlay = tmp_path / "neuroapi.yaml"
+    overlay.write_text("metering_max_batch: 0\nmetering_max_age_s: 0\n")
+    with pytest.raises(ConfigError, match="metering_max_batch") as error:
+        load_settings(overlay, environ={"NEUROAPI_DATA_DIR": str(tmp_path)})
+    assert "metering_max_age_s" in str(error.value)
+
+
+# ---- the usage store -------------------------------------------------------------------------
+
+async def test_writing_the_same_batch_twice_counts_once(redis_client):
+    store = UsageStore(redis_client)
+    batch = [record(cost=5), record(cost=6, estimated=True)]
+    assert await store.write(batch) == 2
+    assert await store.write(batch) == 0
+    month = await store.month("acct_1", "2026-03")
+    assert month["requests"] == 2 and month["cost_micro_units"] == 11
+    assert month["estimated_requests"] == 1
+    assert await redis_client.xlen(CALLS_STREAM) == 2
+    assert 0 < await redis_client.ttl(counted_key(batch[0].request_id)) <= 40 * 86400
+
+
+async def test_a_batch_half_counted_before_counts_the_other_half(redis_client):
+    store = UsageStore(redis_client)
+    batch = [record(cost=1) for _ in range(10)]
+    assert await store.write(batch[::2]) == 5
+    assert await store.write(batch) == 5
+    month = await store.month("acct_1", "2026-03")
+    assert month["requests"] == 10 and month["cost_micro_units"] == 10
+    entries = await redis_client.xrange(CALLS_STREAM)
+    assert sorted(e["request_id"] for _, e in entries) == sorted(r.request_id for r in batch)
+
+
+async def test_month_layout_by_mode_and_calls_without_an_account(redis_client):
+    store = UsageStore(redis_client)
+    rejected = record("", mode="", status=401, prompt=0, completion=0, cost=0)
+    batch = [
+        record(mode="fast", prompt=10, completion=20, cost=100),
+        record(mode="fast", prompt=1, completion=2, cost=10, estimated=True),
+        record(mode="", prompt=5, completion=5, cost=1),  # named a model
+        record(mode="smart", prompt=7, completion=0, cost=3, timestamp_ms=MARCH - 31 * 86400_000),
+        rejected,
+        record("acct_2", mode="fast", cost=1000),
+    ]
+    assert await store.write(batch) == 6
+    march = await store.month("acct_1", "2026-03")
+    fast = {"requests": 2, "cost_micro_units": 110, "prompt_tokens": 11, "completion_tokens": 22,
+            "request_bytes": 200, "response_bytes": 600, "estimated_requests": 1}
+    model_named = {"requests": 1, "cost_micro_units": 1, "prompt_tokens": 5, "completion_tokens": 5,
+                   "request_bytes": 100, "response_bytes": 300, "estimated_requests": 0}
+    assert march == {
+        "requests": 3, "cost_micro_units": 111, "prompt_tokens": 16, "completion_tokens": 27,
+        "request_bytes": 300, "response_bytes": 900, "estimated_requests": 1,
+        "by_mode": {"fast": fast, "(model)": model_named},
+    }
+    february = await store.month("acct_1", "2026-02")
+    assert february["requests"] == 1 and february["by_mode"]["smart"]["prompt_tokens"] == 7
+    assert (await store.month("acct_2", "2026-03"))["cost_micro_units"] == 1000
+    empty = await store.month("acct_none", "2026-03")
+    assert empty["requests"] == 0 and empty["by_mode"] == {}
+    raw = await redis_client.hgetall(account_usage_key("acct_1", "2026-03"))
+    assert raw["mode:fast:requests"] == "2" and raw["mode:(model):cost_micro_units"] == "1"
+    # The rejected call is in the stream, and under no account.
+    entries = [e for _, e in await redis_client.xrange(CALLS_STREAM)]
+    assert len(entries) == 6
+    assert CallRecord.from_fields(entries[4]) == rejected
+    assert not [k for k in await redis_client.keys("neuroapi:account::*")]
+    # Billing counters do not expire.
+    assert await redis_client.ttl(account_usage_key("acct_1", "2026-03")) == -1
+
+
+async def test_the_stream_is_capped_approximately(redis_client):
+    store = UsageStore(redis_client, stream_max_entries=100)
+    for _ in range(10):
+        await store.write([record() for _ in range(100)])
+    assert 100 <= await redis_client.xlen(CALLS_STREAM) < 300  # MAXLEN ~ trims whole nodes
+    assert (await store.month("acct_1", "2026-03"))["requests"] == 1000
+
+
+async def test_a_record_without_a_request_id_is_refused_before_anything_is_sent(redis_client):
+    store = UsageStore(redis_client)
+    with pytest.raises(ValueError):
+        await store.write([record(), replace(record(), request_id="")])
+    assert await redis_client.xlen(CALLS_STREAM) == 0
