@@ -17,18 +17,18 @@ from actors.providers import ADAPTERS
 from actors.providers.base import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
 from actors.providers.client import ProviderClient
 from config import logs
-from config.catalog import ProviderSpec
+from config.catalog import Price, ProviderSpec
 
 
 @serve.deployment(max_ongoing_requests=2000, ray_actor_options={"num_cpus": 0})
 class ProviderProxy:
-    def __init__(self, name: str, spec: ProviderSpec):
+    def __init__(self, name: str, spec: ProviderSpec, prices: dict[str, Price]):
         logs.install(in_replica=True)
         self._name, self._in_house = name, spec.in_house
         api_key = os.environ.get(spec.credential_env)
         if not api_key:
             raise RuntimeError(f"{spec.credential_env} is not set in this replica's environment")
-        self._client = ProviderClient(ADAPTERS[spec.adapter](spec, api_key))
+        self._client = ProviderClient(ADAPTERS[spec.adapter](spec, api_key), prices)
 
     def _refused(self, call: UpstreamCall) -> UpstreamFailure | None:
         if call.scope.allows(self._name, self._in_house):

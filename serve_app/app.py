@@ -2,6 +2,7 @@
 
     Ingress ──▶ KeyVerifier pool        (on a key-cache miss only)
        │   ──▶ ModeRouter               (once, for the routing table)
+       │   ──▶ MetadataBatcher          (metering records, one hop per batch of calls)
        └──────▶ Provider-<name> proxies (one hop per request)
 
 Only providers whose credential is set get a proxy; the others are not offered."""
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from ray.serve import Application
 
 from actors.key_verifier import KeyVerifier
+from actors.metadata_batcher import MetadataBatcher
 from actors.mode_router import ModeRouter
 from actors.provider_proxy import ProviderProxy
 from config.settings import Settings
@@ -27,9 +29,10 @@ def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | N
     proxies = {
         name: ProviderProxy.options(
             name=f"Provider-{name}", num_replicas=settings.providers[name].replicas
-        ).bind(name, settings.providers[name])
+        ).bind(name, settings.providers[name], {m: settings.prices[m] for m in settings.providers[name].models})
         for name in enabled
     }
+    batcher = MetadataBatcher.bind(settings, redis_url)
     return Ingress.options(num_replicas=settings.ingress_replicas).bind(
-        settings, redis_url, verifier, router, proxies
+        settings, redis_url, verifier, router, proxies, batcher
     )

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,12 +21,15 @@ from actors.invalidation import InvalidationTimeout
 from actors.key_crypto import KeyCrypto
 from actors.key_rotation import rotate
 from actors.key_store import KeyStore
+from actors.metering import current_month
 from actors.redis_conn import connect
 from actors.scopes import Scope, ScopeError, ScopeStore, checked
+from actors.usage_store import UsageStore
 from config import logs
 from config.secrets import load_key_material
 from config.settings import ConfigError, Settings, load_settings
 from serve_app.local_redis import LocalRedis, LocalRedisError
+from serve_app.usage_report import previous_month, usage_view
 
 
 def say(message: str) -> None:
@@ -112,6 +118,18 @@ async def _accounts_scope(redis: Redis, settings: Settings, args: argparse.Names
     return 0
 
 
+async def _usage(redis: Redis, settings: Settings, email: str, month: str | None) -> int:
+    account = await AccountStore(redis).require(email)
+    if month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise ConfigError("--month: use YYYY-MM")
+    current = current_month(int(time.time() * 1000))
+    months = [month] if month else [current, previous_month(current)]
+    store = UsageStore(redis)
+    data = [usage_view(m, await store.month(account.id, m)) for m in months]
+    print(json.dumps({"object": "usage", "account_id": account.id, "data": data}, indent=2))
+    return 0
+
+
 def _key_store(redis: Redis, settings: Settings) -> KeyStore:
     material, generated = load_key_material(settings, create=True)
     if generated:
@@ -187,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("revoke", help="revoke a key: rejected everywhere once this returns",
                     parents=[common]).add_argument("prefix")
 
+    usage = commands.add_parser("usage", help="an account's usage this month and last (or --month)",
+                                parents=[common])
+    usage.add_argument("email")
+    usage.add_argument("--month", help="YYYY-MM")
+
     rotations = commands.add_parser("secrets", help="rotate key material").add_subparsers(dest="action", required=True)
     for kind, what in (("envelope", "re-encrypt every key record under a new envelope key"),
                        ("pepper", "re-hash every key record under a new pepper")):
@@ -206,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         action = {
             ("accounts", "create"): lambda redis: _accounts_create(redis, settings, args.email),
             ("accounts", "scope"): lambda redis: _accounts_scope(redis, settings, args),
+            ("usage", None): lambda redis: _usage(redis, settings, args.email, args.month),
             ("keys", "create"): lambda redis: _keys_create(redis, settings, args.email, args.name),
             ("keys", "list"): lambda redis: _keys_list(redis, settings, args.email),
             ("keys", "revoke"): lambda redis: _keys_revoke(redis, settings, args.prefix),
             ("secrets", "rotate-envelope"): lambda redis: _secrets_rotate(redis, settings, "envelope", args.resume),
             ("secrets", "rotate-pepper"): lambda redis: _secrets_rotate(redis, settings, "pepper", args.resume),
-        }[(args.command, args.action)]
+        }[(args.command, getattr(args, "action", None))]
         with redis_url_for(settings) as url:
             return asyncio.run(_run(url, action))
     except (ConfigError, LocalRedisError, AccountError, LookupError, InvalidationTimeout, ScopeError) as error:

@@ -11,6 +11,7 @@ authentication of any kind counts against the source address (``actors.auth_thro
 # No "from __future__ import annotations": FastAPI must see the real Request type here.
 import asyncio
 import hmac
+import json
 import logging
 import math
 import os
@@ -31,20 +32,28 @@ from actors.auth_throttle import FailedAuthThrottle
 from actors.errors import GatewayError, invalid_api_key
 from actors.invalidation import InvalidationListener, InvalidationTimeout, broadcast
 from actors.key_store import KEYS_TOPIC, VerifiedKey
+from actors.metering import CallRecord, cost_units_text, current_month
 from actors.providers.base import Completion, UpstreamCall, UpstreamFailure
 from actors.redis_conn import connect
 from actors.routing import RoutingTable, attempt_order
 from actors.scopes import ACCOUNT_TOPIC, Scope
+from actors.sessions import TOKEN_TAG as SESSION_TOKEN_TAG
 from actors.sessions import Session
+from actors.usage_store import UsageStore
 from config import logs
 from config.settings import Settings
+from serve_app.call_meter import CallMeter, completion_text, estimated_usage, prompt_text, streamed_text
 from serve_app.chat import Outcome, StreamItem, complete_chat, open_chat_stream
 from serve_app.client_address import client_address, parse_networks
 from serve_app.key_cache import VerifiedKeyCache, fingerprint
 from serve_app.schemas import Credentials, NewKey, ScopeChange, parse_body, parse_chat_request
+from serve_app.usage_report import previous_month, usage_view
 
 logger = logging.getLogger("neuroapi.ingress")
 BLOCKS_TOPIC = "auth-block"  # subject: "<address> <seconds blocked>"
+COST_HEADER = "X-NeuroAPI-Cost-Units"  # a non-streamed answer's price (also usage.cost_units)
+RECORD_SHIP_S = 0.05  # how often metering records go to the batcher, in one hop per batch
+MAX_UNSHIPPED_RECORDS = 100_000
 KEY_USE_FLUSH_S = 5.0
 api = FastAPI(title="NeuroAPI", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -164,6 +173,7 @@ class Ingress:
         verifier: DeploymentHandle,
         router: DeploymentHandle,
         proxies: dict[str, DeploymentHandle],
+        batcher: DeploymentHandle,
     ):
         logs.install(in_replica=True)
         self._max_body_bytes = settings.max_body_bytes
@@ -173,6 +183,11 @@ class Ingress:
         self._blocked_until: dict[str, float] = {}  # address → monotonic time the block ends
         self._key_uses: dict[str, int] = {}  # prefix → last use (unix s), flushed in batches
         self._flusher = asyncio.get_running_loop().create_task(self._flush_key_uses_forever())
+        self._prices = settings.prices
+        self._batcher = batcher
+        self._records: list[CallRecord] = []
+        self._records_dropped = 0
+        self._shipper = asyncio.get_running_loop().create_task(self._ship_records_forever())
         # The admin API is on only with a token in this replica's environment (never in config).
         self._admin_token = os.environ.get("NEUROAPI_ADMIN_TOKEN", "").encode()
         self._router = router
@@ -279,21 +294,38 @@ class Ingress:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
         started = time.perf_counter()
-        verified = await self._authenticate(request)
-        chat = parse_chat_request(await read_body(request, self._max_body_bytes))
-        route = self._table.resolve(chat.model, chat.mode)
-        body = chat.upstream_body()
-        order = attempt_order(route, body, self._rng, verified.scope)
-        call = UpstreamCall(request.headers.get("x-request-id", ""), "", body,
-                            chat.wants_usage_in_stream, verified.scope)
+        meter = CallMeter.start(request.headers.get("x-request-id", ""), request.headers.get("content-length"))
         outcome = Outcome()
-        if not chat.stream:
-            completion = await complete_chat(self._backends, order, call, outcome)
-            return Response(completion.body, media_type="application/json",
-                            headers={"Server-Timing": self._timing_header(started, outcome, stream=False)})
-        events = await open_chat_stream(self._backends, order, call, outcome)
+        try:
+            verified = await self._authenticate(request)
+            meter.key_prefix, meter.account_id = verified.prefix, verified.account_id
+            raw = await read_body(request, self._max_body_bytes)
+            meter.request_bytes = len(raw)
+            chat = parse_chat_request(raw)
+            route = self._table.resolve(chat.model, chat.mode)
+            meter.mode = route.mode or ""
+            body = chat.upstream_body()
+            order = attempt_order(route, body, self._rng, verified.scope)
+            call = UpstreamCall(meter.request_id, "", body, chat.wants_usage_in_stream, verified.scope)
+            if not chat.stream:
+                completion = await complete_chat(self._backends, order, call, outcome)
+                usage, estimated = completion.usage, completion.usage is None
+                if estimated:
+                    usage = estimated_usage(prompt_text(chat.messages), completion_text(completion.body))
+                self._answered(meter, outcome)
+                record = meter.finish(200, len(completion.body), usage, estimated, self._prices)
+                self._record(record)
+                return Response(completion.body, media_type="application/json", headers={
+                    "Server-Timing": self._timing_header(started, outcome, stream=False),
+                    COST_HEADER: cost_units_text(record.cost_micro_units)})
+            events = await open_chat_stream(self._backends, order, call, outcome)
+        except GatewayError as error:
+            self._answered(meter, outcome)
+            self._record(meter.finish(error.status, len(json.dumps(error.body())), None, False, self._prices))
+            raise
+        self._answered(meter, outcome)
         return StreamingResponse(
-            events,
+            self._metered_stream(events, meter, outcome, chat.messages),
             media_type="text/event-stream",
             headers={
                 "Server-Timing": self._timing_header(started, outcome, stream=True),
@@ -302,11 +334,62 @@ class Ingress:
             },
         )
 
+    @staticmethod
+    def _answered(meter: CallMeter, outcome: Outcome) -> None:
+        if outcome.backend is not None:
+            meter.backend, meter.model = outcome.backend.provider, outcome.backend.model
+
+    async def _metered_stream(self, events: AsyncIterator[bytes], meter: CallMeter, outcome: Outcome,
+                              messages) -> AsyncIterator[bytes]:
+        """The caller's SSE body; its record is made however it ends (done, failed, or the
+        caller gone mid-stream, when the tokens that reached it are estimated and billed)."""
+        sent: list[bytes] = []
+        try:
+            async for piece in events:
+                sent.append(piece)
+                yield piece
+        finally:
+            await events.aclose()  # the caller left: this cancels the upstream request
+            usage, estimated = outcome.usage, outcome.usage is None
+            if estimated:
+                usage = estimated_usage(prompt_text(messages), streamed_text(sent))
+            self._record(meter.finish(200, sum(map(len, sent)), usage, estimated, self._prices))
+
+    def _record(self, record: CallRecord) -> None:
+        """Queue for the metadata batcher; shipped in batches, off the request's path."""
+        self._records.append(record)
+        if len(self._records) > MAX_UNSHIPPED_RECORDS:  # the batcher has been unreachable for long
+            del self._records[0]
+            self._records_dropped += 1
+            if self._records_dropped % 1000 == 1:
+                logger.error("metering records dropped in the ingress: %d so far", self._records_dropped)
+
+    async def _ship_records_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RECORD_SHIP_S)
+            await self._ship_records()
+
+    async def _ship_records(self) -> None:
+        if not self._records:
+            return
+        batch, self._records = self._records, []
+        try:
+            await self._batcher.record.remote(batch)
+        except Exception as error:  # the batcher is restarting: keep them, in order, for the next try
+            logger.warning("metadata batcher unreachable (%s); %d records kept", type(error).__name__, len(batch))
+            self._records[:0] = batch
+
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> JSONResponse:
-        verified = await self._authenticate(request)
+        meter = CallMeter.start(request.headers.get("x-request-id", ""), request.headers.get("content-length"))
+        try:
+            verified = await self._authenticate(request)
+        except GatewayError as error:
+            self._record(meter.finish(error.status, len(json.dumps(error.body())), None, False, self._prices))
+            raise
+        meter.key_prefix, meter.account_id = verified.prefix, verified.account_id
         owners = {m: b.provider for m, b in self._table.models.items()}
-        return JSONResponse({
+        listing = JSONResponse({
             "object": "list",
             "data": [
                 {"id": name, "object": "model", "created": 0,
@@ -314,6 +397,20 @@ class Ingress:
                 for name in self._table.listing(verified.scope)
             ],
         })
+        self._record(meter.finish(200, len(listing.body), None, False, self._prices))
+        return listing
+
+    @api.get("/v1/usage")
+    async def usage(self, request: Request) -> JSONResponse:
+        """This month's and last month's counters, by mode; a session token or an API key."""
+        if (presented_key(request) or "").startswith(SESSION_TOKEN_TAG):
+            account_id = (await self._logged_in(request))[1].account_id
+        else:
+            account_id = (await self._authenticate(request)).account_id
+        month = current_month(int(time.time() * 1000))
+        store = UsageStore(self._redis)
+        return JSONResponse({"object": "usage", "account_id": account_id, "data": [
+            usage_view(m, await store.month(account_id, m)) for m in (month, previous_month(month))]})
 
     # ---- accounts and keys ----------------------------------------------------------------
 
@@ -383,6 +480,8 @@ class Ingress:
         return JSONResponse({"status": "ok"})
 
     async def __del__(self) -> None:
+        self._shipper.cancel()
+        await self._ship_records()  # a graceful stop loses no record
         self._flusher.cancel()
         await self._listener.stop()
         await self._redis.aclose()

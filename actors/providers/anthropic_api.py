@@ -139,12 +139,12 @@ class AnthropicStreamTranslator(StreamTranslator):
         if kind == "message_stop":
             self.finished = True
             self.usage = Usage(self._input_tokens, self._output_tokens)
-            if not self._client_wants_usage:
-                return []
-            return [encode(json.dumps({
-                "id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                "model": self._model, "choices": [], "usage": self.usage.as_openai(),
-            }))]
+            if self._client_wants_usage:
+                self.usage_chunk = {
+                    "id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                    "model": self._model, "choices": [], "usage": self.usage.as_openai(),
+                }
+            return []
         if kind == "error":
             raise failure_in_stream((data.get("error") or {}).get("type"))
         return []  # ping, content_block_start/stop, and event types added later
@@ -169,7 +169,7 @@ class AnthropicAdapter(ProviderAdapter):
         body = to_anthropic(call, self.spec.default_max_tokens, stream)
         return self.spec.base_url_str + "/v1/messages", headers, body
 
-    def completion(self, call: UpstreamCall, raw: bytes) -> tuple[bytes, Usage | None]:
+    def completion(self, call: UpstreamCall, raw: bytes) -> tuple[dict[str, Any], Usage | None]:
         message = json.loads(raw)
         usage_fields = message.get("usage") or {}
         usage = Usage(_input_tokens(usage_fields), int(usage_fields.get("output_tokens") or 0))
@@ -187,7 +187,7 @@ class AnthropicAdapter(ProviderAdapter):
             }],
             "usage": usage.as_openai(),
         }
-        return json.dumps(body).encode(), usage
+        return body, usage
 
     def translator(self, call: UpstreamCall) -> StreamTranslator:
         return AnthropicStreamTranslator(call.client_wants_usage)

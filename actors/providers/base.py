@@ -82,14 +82,29 @@ class StreamFailed(Exception):
 
 
 class StreamTranslator(ABC):
-    """Turns one upstream SSE stream into OpenAI ``chat.completion.chunk`` events."""
+    """Turns one upstream SSE stream into OpenAI ``chat.completion.chunk`` events.
+
+    The usage-only final chunk a caller asked for (``stream_options.include_usage``) is not
+    returned by ``feed`` but kept in ``usage_chunk``: the client sends it last, priced."""
 
     usage: Usage | None = None
+    usage_chunk: dict[str, Any] | None = None
     finished: bool = False
 
     @abstractmethod
     def feed(self, event: SSEEvent) -> list[bytes]:
         """Our encoded SSE events for one upstream event; raises StreamFailed."""
+
+
+_COST_PLACEHOLDER = "\x00cost_units\x00"
+
+
+def priced_json(payload: dict[str, Any], cost_units: str) -> bytes:
+    """``payload`` as JSON with ``usage.cost_units`` set to the exact decimal ``cost_units``
+    (a JSON number written from its text: no float ever holds money)."""
+    usage = payload.setdefault("usage", {})
+    usage["cost_units"] = _COST_PLACEHOLDER
+    return json.dumps(payload).replace(json.dumps(_COST_PLACEHOLDER), cost_units).encode()
 
 
 # Statuses after which another candidate may well succeed: our side of the provider is at
@@ -156,8 +171,9 @@ class ProviderAdapter(ABC):
         """(url, headers, json body) for the upstream call."""
 
     @abstractmethod
-    def completion(self, call: UpstreamCall, raw: bytes) -> tuple[bytes, Usage | None]:
-        """Our chat.completion JSON and the usage, from the upstream's 200 body."""
+    def completion(self, call: UpstreamCall, raw: bytes) -> tuple[dict[str, Any], Usage | None]:
+        """Our chat.completion (as a dict; the client prices and encodes it) and the usage,
+        from the upstream's 200 body."""
 
     @abstractmethod
     def translator(self, call: UpstreamCall) -> StreamTranslator:

@@ -1,17 +1,20 @@
 """Runs calls against one provider over a pooled ``httpx.AsyncClient``.
 
 Provider-neutral: the adapter says how to build the request and read the answer; this module
-owns connections, timeouts, the failure classification and stream batching. Everything it
-returns is a value (never an exception), so it crosses a Ray handle unchanged."""
+owns connections, timeouts, the failure classification and stream batching, and prices each
+answer (``usage.cost_units`` in the body, and in the usage chunk a streaming caller asked for).
+Everything it returns is a value (never an exception), so it crosses a Ray handle unchanged."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
 from actors.errors import GatewayError
+from actors.metering import cost_micro_units, cost_units_text
 from actors.providers.base import (
     Completion,
     ProviderAdapter,
@@ -20,10 +23,13 @@ from actors.providers.base import (
     StreamStart,
     UpstreamCall,
     UpstreamFailure,
+    Usage,
     error_message_of,
     failure_for_status,
+    priced_json,
 )
-from actors.providers.sse import SSEDecoder
+from actors.providers.sse import SSEDecoder, encode
+from config.catalog import Price
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -62,9 +68,10 @@ def _status_failure(status: int, body: bytes, started: float) -> UpstreamFailure
 
 
 class ProviderClient:
-    def __init__(self, adapter: ProviderAdapter):
+    def __init__(self, adapter: ProviderAdapter, prices: Mapping[str, Price] | None = None):
         spec = adapter.spec
         self.adapter = adapter
+        self._prices = dict(prices or {})
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=spec.connect_timeout_s, read=spec.read_timeout_s, write=30.0, pool=30.0
@@ -81,6 +88,13 @@ class ProviderClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def _encode(self, payload: dict, model: str, usage: Usage | None) -> bytes:
+        price = self._prices.get(model)
+        if price is None or usage is None:
+            return json.dumps(payload).encode()
+        return priced_json(payload, cost_units_text(cost_micro_units(price, usage.prompt_tokens,
+                                                                     usage.completion_tokens)))
+
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
         url, headers, body = self.adapter.request(call, stream=False)
         started = time.perf_counter()
@@ -91,8 +105,9 @@ class ProviderClient:
         if response.status_code != 200:
             return _status_failure(response.status_code, response.content[:MAX_ERROR_BODY], started)
         try:
-            answer, usage = self.adapter.completion(call, response.content)
-        except (ValueError, KeyError, TypeError):
+            payload, usage = self.adapter.completion(call, response.content)
+            answer = self._encode(payload, call.model, usage)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return UpstreamFailure(_unreadable(), retriable=True, upstream_ms=_elapsed_ms(started))
         return Completion(answer, usage, _elapsed_ms(started))
 
@@ -135,8 +150,14 @@ class ProviderClient:
                     GatewayError(502, "The upstream provider ended the answer early.",
                                  "server_error", "upstream_error"), retriable=True,
                 )
-            if not started_answer:  # a finished answer with no events at all
-                yield StreamStart(_elapsed_ms(started), b"")
+            last = b""
+            if translator.usage_chunk is not None:  # the caller asked for usage: last, priced
+                last = encode(self._encode(translator.usage_chunk, call.model, translator.usage).decode())
+            if not started_answer:  # a finished answer with no events before the end
+                started_answer = True
+                yield StreamStart(_elapsed_ms(started), last)
+            elif last:
+                yield last
             yield StreamEnd(translator.usage)
             return
         except StreamFailed as failure:

@@ -43,7 +43,9 @@ class OpenAIStreamTranslator(StreamTranslator):
             raise failure_in_stream(error.get("type") if isinstance(error, dict) else None)
         if not chunk.get("choices") and chunk.get("usage"):
             self.usage = usage_from(chunk)
-            return [encode(event.data)] if self._client_wants_usage else []
+            if self._client_wants_usage:
+                self.usage_chunk = chunk
+            return []
         return [encode(event.data)]
 
 
@@ -67,8 +69,11 @@ class OpenAIAdapter(ProviderAdapter):
         headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
         return self.spec.base_url_str + self.path, headers, self.upstream_body(call, stream)
 
-    def completion(self, call: UpstreamCall, raw: bytes) -> tuple[bytes, Usage | None]:
-        return raw, usage_from(json.loads(raw))
+    def completion(self, call: UpstreamCall, raw: bytes) -> tuple[dict[str, Any], Usage | None]:
+        payload = json.loads(raw)
+        if not isinstance(payload, dict):
+            raise ValueError("not a chat.completion object")
+        return payload, usage_from(payload)
 
     def translator(self, call: UpstreamCall) -> StreamTranslator:
         return OpenAIStreamTranslator(call.client_wants_usage)

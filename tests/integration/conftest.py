@@ -1,4 +1,6 @@
+import asyncio
 import secrets
+import time
 
 import httpx
 import pytest
@@ -7,6 +9,7 @@ import redis.asyncio as aioredis
 from actors.accounts import AccountStore
 from actors.key_crypto import KeyCrypto
 from actors.key_store import KeyStore
+from actors.usage_store import CALLS_STREAM
 from config.secrets import load_key_material
 from config.settings import load_settings
 
@@ -39,3 +42,18 @@ async def client(gateway):
     headers = {"X-Forwarded-For": caller_address()}
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30, headers=headers) as http:
         yield http
+
+
+async def records_for(gateway, request_ids: list[str], timeout_s: float = 20.0) -> dict[str, dict]:
+    """The calls-stream entries of these requests, once the batcher has written them all."""
+    redis = aioredis.Redis.from_url(gateway.redis.url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = {fields["request_id"]: fields for _, fields in await redis.xrevrange(CALLS_STREAM, count=5000)
+                     if fields["request_id"] in request_ids}
+            if len(found) == len(set(request_ids)) or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.2)
+    finally:
+        await redis.aclose()

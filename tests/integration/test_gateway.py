@@ -12,6 +12,8 @@ from tests.fakes.upstreams import Behaviour
 from tests.integration.conftest import mint_key
 
 MESSAGES = [{"role": "user", "content": "hello gateway"}]
+# The catalog price of 2 prompt + 3 completion tokens, in cost_units.
+COST_OF = {"gpt-4o-mini": 2.1, "deepseek-chat": 1.82, "claude-haiku-4-5": 17}
 TIMING = re.compile(r"gateway;dur=[\d.]+, upstream;dur=[\d.]+")
 
 
@@ -62,7 +64,8 @@ async def test_streamed_completion_from_each_provider(client, api_key, upstreams
     assert chunks[-1] == "[DONE]"
     assert streamed_text(chunks) == "Echo: hello gateway "
     usage = [json.loads(c)["usage"] for c in chunks[:-1] if not json.loads(c)["choices"]]
-    assert usage == ([{"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}] if include_usage else [])
+    priced = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5, "cost_units": COST_OF[model]}
+    assert usage == ([priced] if include_usage else [])
 
 
 async def test_a_mode_routes_to_its_candidates(client, api_key, upstreams):

@@ -11,6 +11,7 @@ import ray
 import redis
 
 from tests.fakes.upstreams import Behaviour
+from tests.integration.conftest import caller_address, records_for
 
 
 def scan_redis(url: str, needle: str) -> list[str]:
@@ -52,10 +53,14 @@ def scan_files(folders: list[Path], needle: str) -> list[str]:
     return found
 
 
-async def test_a_canary_prompt_is_retained_nowhere(gateway, api_key, upstreams):
+async def test_a_canary_prompt_is_retained_nowhere(gateway, api_key, upstreams, tmp_path_factory):
     canary = "CANARY-" + secrets.token_hex(8)
-    messages = [{"role": "system", "content": f"system {canary}"}, {"role": "user", "content": f"say {canary} now"}]
-    headers = {"Authorization": f"Bearer {api_key}"}
+    messages = [  # a conversation: the canary in the system prompt, the history and the new turn
+        {"role": "system", "content": f"system {canary}"}, {"role": "user", "content": f"say {canary} now"},
+        {"role": "assistant", "content": f"I said {canary}"}, {"role": "user", "content": f"again {canary}"},
+    ]
+    headers = {"Authorization": f"Bearer {api_key}", "X-Forwarded-For": caller_address()}
+    request_ids = []
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
         calls = [
             {"model": "gpt-4o-mini", "messages": messages},
@@ -69,18 +74,33 @@ async def test_a_canary_prompt_is_retained_nowhere(gateway, api_key, upstreams):
         upstreams.script("deepseek-chat", Behaviour(), Behaviour(status=503))
         upstreams.script("gpt-4o-mini", Behaviour(), Behaviour(mid_stream_error=True))
         statuses = []
-        for body in calls:
+        for body in calls + ["upstream error"]:
+            if body == "upstream error":  # the upstream fails: 502
+                upstreams.script("claude-haiku-4-5", Behaviour(status=500))
+                body = {"model": "claude-haiku-4-5", "messages": messages}
             response = await client.post("/v1/chat/completions", headers=headers, json=body)
             statuses.append(response.status_code)
+            request_ids.append(response.headers["x-request-id"])
+        # A caller that leaves mid-stream.
+        upstreams.script("deepseek-chat", Behaviour(tokens=200, gap_s=0.02))
+        async with client.stream("POST", "/v1/chat/completions", headers=headers,
+                                 json={"model": "deepseek-chat", "messages": messages, "stream": True}) as left:
+            request_ids.append(left.headers["x-request-id"])
+            async for _ in left.aiter_raw():
+                break
         bad_key = await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer neuro_{canary}"},
                                     json={"model": "fast", "messages": messages})
         statuses.append(bad_key.status_code)
+        request_ids.append(bad_key.headers["x-request-id"])
         huge = await client.post("/v1/chat/completions", headers=headers,
                                  content=json.dumps({"model": "fast", "messages": messages, "pad": "x" * 5_000_000}))
         statuses.append(huge.status_code)
-    assert statuses == [200, 200, 200, 200, 200, 400, 404, 401, 413]
+        request_ids.append(huge.headers["x-request-id"])
+    assert statuses == [200, 200, 200, 200, 200, 400, 404, 502, 401, 413]
     assert any(canary in json.dumps(r.body) for r in upstreams.requests)  # it did go through
+    assert len(await records_for(gateway, request_ids)) == len(request_ids)  # metered, every one
 
     assert scan_redis(gateway.redis.url, canary) == []
     session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
-    assert scan_files([session_dir / "logs", gateway.data_dir, gateway.redis.folder], canary) == []
+    temp = tmp_path_factory.getbasetemp()  # the gateway's data dir, the Redis dirs, the spill dir
+    assert scan_files([session_dir, temp, gateway.data_dir, gateway.redis.folder], canary) == []

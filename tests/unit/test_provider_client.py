@@ -113,3 +113,25 @@ async def test_closing_the_stream_early_closes_the_upstream_request(upstreams):
             break
         await asyncio.sleep(0.02)
     assert upstreams.requests[-1].closed_at is not None
+
+
+@pytest.mark.parametrize("provider", ["openai", "deepseek", "anthropic"])
+async def test_answers_carry_their_exact_price_in_usage(upstreams, provider):
+    from decimal import Decimal
+
+    from config.catalog import Price
+    settings = load_settings(environ={f"NEUROAPI_{provider.upper()}_BASE_URL": upstreams.base_urls()[provider]})
+    spec = settings.providers[provider]
+    prices = {MODELS[provider]: Price(input=150000, output=600001)}  # cost_units per million tokens
+    client = ProviderClient(ADAPTERS[spec.adapter](spec, CREDENTIALS[provider]), prices)
+    # 2 prompt and 3 completion tokens: (2 * 150000 + 3 * 600001) / 1e6 = 2.100003 cost_units
+    answer = json.loads((await client.complete(call(provider))).body, parse_float=Decimal)
+    assert answer["usage"]["cost_units"] == Decimal("2.100003")
+    items = await collect(client, call(provider, wants_usage=True))
+    raw = b"".join(i.first if isinstance(i, StreamStart) else i for i in items if isinstance(i, (bytes, StreamStart)))
+    chunks = [json.loads(e.data, parse_float=Decimal) for e in SSEDecoder().feed(raw)]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["cost_units"] == Decimal("2.100003")
+    assert [c for c in chunks[:-1] if not c["choices"]] == []  # the usage chunk comes last, once
+    plain = await collect(client, call(provider))
+    assert b"cost_units" not in b"".join(i.first if isinstance(i, StreamStart) else i
+                                         for i in plain if isinstance(i, (bytes, StreamStart)))

@@ -85,8 +85,7 @@ def test_anthropic_answer_becomes_an_openai_completion_with_all_input_tokens():
         "usage": {"input_tokens": 10, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 2,
                   "output_tokens": 5},
     }).encode()
-    body, usage = adapter.completion(call({}), raw)
-    answer = json.loads(body)
+    answer, usage = adapter.completion(call({}), raw)
     assert answer["object"] == "chat.completion" and answer["id"] == "chatcmpl-msg_1"
     assert answer["choices"][0]["message"] == {"role": "assistant", "content": "Hello world", "refusal": None}
     assert answer["choices"][0]["finish_reason"] == "length"
@@ -132,11 +131,13 @@ def test_anthropic_stream_becomes_openai_chunks(wants_usage):
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     assert finishes[-1] == "stop" and finishes.count("stop") == 1
     assert translator.finished and (translator.usage.prompt_tokens, translator.usage.completion_tokens) == (12, 7)
-    usage_chunks = [c for c in chunks if not c["choices"]]
+    # The usage chunk is kept for the client to send last, priced (tests/unit/test_provider_client.py).
+    assert [c for c in chunks if not c["choices"]] == []
     if wants_usage:
-        assert usage_chunks == [dict(usage_chunks[0], usage={"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19})]
+        assert translator.usage_chunk["usage"] == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+        assert translator.usage_chunk["id"] == "chatcmpl-msg_9" and translator.usage_chunk["choices"] == []
     else:
-        assert usage_chunks == []
+        assert translator.usage_chunk is None
 
 
 def test_anthropic_error_event_fails_the_stream():
@@ -186,7 +187,8 @@ def test_openai_stream_passes_chunks_and_strips_usage_unless_asked(wants_usage):
     out += translator.feed(SSEEvent(None, json.dumps(usage)))
     out += translator.feed(SSEEvent(None, "[DONE]"))
     assert translator.finished and translator.usage.completion_tokens == 1
-    assert events_of(out) == ([content, usage] if wants_usage else [content])
+    assert events_of(out) == [content]
+    assert translator.usage_chunk == (usage if wants_usage else None)
 
 
 @pytest.mark.parametrize("status, caller_status, retriable", [
