@@ -91,8 +91,8 @@ def drive(system: System, plan: list[dict], harness_cpus, soak_s: float, soak_ra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", action="append", default=[], choices=["litellm"],
-                        help="also drive this gateway against the same upstream")
+    parser.add_argument("--compare", action="append", default=[], choices=["litellm", "unmetered"],
+                        help="also drive LiteLLM, or NeuroAPI with metering off, against the same upstream")
     parser.add_argument("--quick", action="store_true", help="short phases, for a smoke run")
     parser.add_argument("--rates", type=lambda s: [int(r) for r in s.split(",")], default=[50, 100, 200, 400],
                         help="open-loop request rates per second (default 50,100,200,400)")
@@ -122,6 +122,8 @@ def main() -> None:
     try:
         run["systems"]["direct"] = drive(upstream, plan, harness_cpus, 0, 0)
         starters = [lambda: NeuroAPI(upstream, gateway_cpus)]
+        if "unmetered" in args.compare:
+            starters.append(lambda: NeuroAPI(upstream, gateway_cpus, metering=False))
         if "litellm" in args.compare:
             starters.append(lambda: LiteLLM(upstream, gateway_cpus, args.litellm_workers))
         for start in starters:
@@ -130,6 +132,9 @@ def main() -> None:
                 profile = args.profile if system.name == "neuroapi" else None
                 run["systems"][system.name] = drive(system, plan, harness_cpus, soak_s, args.soak_rate, profile,
                                                     args.out)
+                if isinstance(system, NeuroAPI) and system.metering:
+                    time.sleep(3)  # Ray's metrics agent exports every few seconds
+                    run["systems"][system.name]["metering_batches"] = system.batch_sizes()
             finally:
                 system.stop()
     finally:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HELD_P99_ADDED_MS = 50.0
-GATEWAYS = {"neuroapi": "NeuroAPI", "litellm": "LiteLLM"}
+GATEWAYS = {"neuroapi": "NeuroAPI", "neuroapi-unmetered": "NeuroAPI, metering off", "litellm": "LiteLLM"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,6 +111,11 @@ def markdown(run: dict) -> str:
     lines += ["| " + " | ".join(cells) + " |" for cells in table]
     versions = "; ".join(f"{name}: {s['version']}" for name, s in run["systems"].items() if s["version"])
     pinning = run["pinning"]
+    batches = run["systems"].get("neuroapi", {}).get("metering_batches")
+    if batches and batches["batches"]:
+        lines.append(f"\nMetering: {batches['records']} call records reached Redis in {batches['batches']} pipelined "
+                     f"writes (mean {batches['mean']:.1f} records per write) over the whole NeuroAPI run, soak "
+                     f"at {run['systems']['neuroapi']['memory']['soak_rate']}/s included.")
     return "\n".join([
         f"`{run['command']}` on {run['machine']}, Python {run['python']}; {versions}.",
         f"CPU pinning: gateway on {pinning['gateway'] or 'all'}, upstream + load generator on "

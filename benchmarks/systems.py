@@ -89,13 +89,19 @@ class Upstream(System):
 class NeuroAPI(System):
     name = "neuroapi"
 
-    def __init__(self, upstream: Upstream, cpus: set[int] | None):
+    def __init__(self, upstream: Upstream, cpus: set[int] | None, metering: bool = True):
         self.folder = Path(tempfile.mkdtemp(prefix="neuroapi-bench-"))
         port = free_port()
+        self.metering = metering
+        self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
         self.env = {
             **os.environ, "OPENAI_API_KEY": UPSTREAM_KEY, "NEUROAPI_OPENAI_BASE_URL": upstream.base_url,
             "NEUROAPI_DATA_DIR": str(self.folder), "NEUROAPI_PORT": str(port),
+            "NEUROAPI_METRICS_PORT": self.metrics_url.rsplit(":", 1)[1].removesuffix("/metrics"),
+            "NEUROAPI_METERING": "1" if metering else "0",
         }
+        if not metering:
+            self.name = "neuroapi-unmetered"
         for name in ("NEUROAPI_REDIS_URL", "NEUROAPI_CONFIG", "ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "RAY_ADDRESS"):
             self.env.pop(name, None)
         self.process = subprocess.Popen(
@@ -114,7 +120,24 @@ class NeuroAPI(System):
 
     def version(self) -> str:
         from importlib.metadata import version
-        return f"neuroapi {version('neuroapi')}, ray {version('ray')}"
+        return f"neuroapi {version('neuroapi')}, ray {version('ray')}" + ("" if self.metering else ", metering off")
+
+    def batch_sizes(self) -> dict:
+        """The metadata batcher's Redis writes so far, from its Prometheus histogram."""
+        text = httpx.get(self.metrics_url, timeout=10).text
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("ray_neuroapi_metering_batch_size_") and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                kind = name.split("{")[0].rsplit("_", 1)[1]  # bucket, sum or count
+                if kind == "bucket":
+                    bound = name.split('le="')[1].split('"')[0]
+                    values.setdefault("buckets", {})[bound] = values.get("buckets", {}).get(bound, 0) + float(value)
+                else:
+                    values[kind] = values.get(kind, 0) + float(value)
+        count = values.get("count", 0)
+        return {"batches": int(count), "records": int(values.get("sum", 0)),
+                "mean": values.get("sum", 0) / count if count else 0, "buckets": values.get("buckets", {})}
 
 
 class LiteLLM(System):

@@ -57,6 +57,8 @@ class Settings(BaseModel):
     # metering_max_batch, or once the oldest waited metering_max_age_s; up to
     # metering_buffer_records wait in memory while Redis is away, the rest in
     # <data_dir>/metering-spill. The calls stream keeps about calls_stream_max_entries entries.
+    # Off only to measure what metering costs (benchmarks): nothing is recorded or billed.
+    metering: bool = True
     metering_max_batch: int = Field(default=200, ge=1, le=10_000)
     metering_max_age_s: float = Field(default=0.2, gt=0, le=60)
     metering_buffer_records: int = Field(default=100_000, ge=1, le=10_000_000)
@@ -151,6 +153,7 @@ def _environment_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> d
         ("metrics_port", "NEUROAPI_METRICS_PORT"),
         ("data_dir", "NEUROAPI_DATA_DIR"),
         ("secrets_file", "NEUROAPI_SECRETS_FILE"),
+        ("metering", "NEUROAPI_METERING"),
     ):
         if environ.get(variable):
             overrides[field] = environ[variable]

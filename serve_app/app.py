@@ -32,7 +32,7 @@ def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | N
         ).bind(name, settings.providers[name], {m: settings.prices[m] for m in settings.providers[name].models})
         for name in enabled
     }
-    batcher = MetadataBatcher.bind(settings, redis_url)
+    batcher = MetadataBatcher.bind(settings, redis_url) if settings.metering else None
     return Ingress.options(num_replicas=settings.ingress_replicas).bind(
         settings, redis_url, verifier, router, proxies, batcher
     )
