@@ -18,23 +18,6 @@ from actors.sessions import SessionTokens
 from serve_app.client_address import client_address, parse_networks
 from tests.unit.test_key_crypto import material
 
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    from tests.conftest import start_redis
-    server = start_redis(tmp_path_factory.mktemp("redis-accounts"))
-    yield server
-    server.process.terminate()
-    server.process.wait(timeout=10)
-
-
-@pytest.fixture
-async def redis(own_redis):
-    client = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
 # ---- passwords -------------------------------------------------------------------------------
 
 def test_passwords_have_length_limits():

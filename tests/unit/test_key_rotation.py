@@ -9,7 +9,6 @@ import stat
 import threading
 
 import pytest
-import redis.asyncio as aioredis
 
 from actors.accounts import AccountStore
 from actors.key_crypto import InvalidToken, KeyCrypto
@@ -18,24 +17,6 @@ from actors.key_rotation import ReplicasNotReady, migrate, rotate
 from actors.key_store import KeyStore, key_record_key
 from config.secrets import KeyMaterial, add_key_version, load_key_material
 from config.settings import ConfigError, load_settings
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    """Rotation scans every record and counts every subscriber: nothing else may use this Redis."""
-    from tests.conftest import start_redis
-    server = start_redis(tmp_path_factory.mktemp("redis-rotation"))
-    yield server
-    server.process.terminate()
-    server.process.wait(timeout=10)
-
-
-@pytest.fixture
-async def redis(own_redis):
-    client = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

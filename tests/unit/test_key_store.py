@@ -13,24 +13,6 @@ from actors.key_store import KeyStore, key_record_key
 from tests.unit.test_key_crypto import material
 
 
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    """A Redis of this module's own: no gateway of the session subscribes to it, so the
-    number of replicas confirming an invalidation is exactly the listeners started here."""
-    from tests.conftest import start_redis
-    server = start_redis(tmp_path_factory.mktemp("redis-keys"))
-    yield server
-    server.process.terminate()
-    server.process.wait(timeout=10)
-
-
-@pytest.fixture
-async def redis(own_redis):
-    client = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
 @pytest.fixture
 def crypto():
     return KeyCrypto(material())

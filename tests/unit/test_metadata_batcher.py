@@ -19,30 +19,13 @@ from actors.metadata_batcher import Batcher
 from actors.metering import CallRecord
 from actors.redis_conn import connect
 from actors.usage_store import CALLS_STREAM, UsageStore
-from tests.unit.test_metering import record, start_aof_redis
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    server = start_aof_redis(tmp_path_factory.mktemp("redis-batcher"))
-    yield server
-    server.stop()
+from tests.unit.test_metering import record
 
 
 @pytest.fixture
-async def redis_client(own_redis):
-    if own_redis.process is None:  # a failed test left it stopped
-        own_redis.start()
-    client = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
-    await client.flushall()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def store(own_redis, redis_client):
+async def store(aof_redis, aof_client):
     """The batcher's own connection, as the deployment opens it but with a short reply timeout."""
-    client = connect(own_redis.url, socket_timeout=0.5, retries=0)
+    client = connect(aof_redis.url, socket_timeout=0.5, retries=0)
     yield UsageStore(client)
     await client.aclose()
 
@@ -83,18 +66,18 @@ async def wait_for(predicate, timeout_s: float) -> float:
 
 # ---- batching --------------------------------------------------------------------------------
 
-async def test_a_full_batch_is_written_well_before_max_age(store, redis_client):
+async def test_a_full_batch_is_written_well_before_max_age(store, aof_client):
     batcher = Batcher(store, max_batch=50, max_age_s=5.0)
     added = [record(cost=i) for i in range(50)]
     batcher.add(added[:30])
     batcher.add(added[30:])
     assert await wait_for(lambda: batcher.written_total == 50, 2.0) < 1.0
     assert batcher.batches_total == 1 and list(batcher.recent_batch_sizes) == [50]
-    await assert_counted_exactly(redis_client, added)
+    await assert_counted_exactly(aof_client, added)
     await batcher.aclose()
 
 
-async def test_a_lone_record_is_written_after_about_max_age(store, redis_client):
+async def test_a_lone_record_is_written_after_about_max_age(store, aof_client):
     batcher = Batcher(store, max_batch=200, max_age_s=0.2)
     started = time.monotonic()
     batcher.add([record()])
@@ -105,7 +88,7 @@ async def test_a_lone_record_is_written_after_about_max_age(store, redis_client)
     await batcher.aclose()
 
 
-async def test_flush_and_aclose_write_everything_buffered(store, redis_client):
+async def test_flush_and_aclose_write_everything_buffered(store, aof_client):
     batcher = Batcher(store, max_batch=1000, max_age_s=60.0)
     added = [record() for _ in range(123)]
     batcher.add(added)
@@ -114,7 +97,7 @@ async def test_flush_and_aclose_write_everything_buffered(store, redis_client):
     batcher.add(late)
     await batcher.aclose()
     assert batcher.written_total == 130 and batcher.spilled_total == 0
-    await assert_counted_exactly(redis_client, added + late)
+    await assert_counted_exactly(aof_client, added + late)
     batcher.add([record()])  # after close: refused loudly, never raised
     assert batcher.dropped_total == 1
 
@@ -143,15 +126,15 @@ async def add_for(batcher: Batcher, seconds: float, added: list[CallRecord], dur
         await side
 
 
-async def test_redis_stopped_and_restarted_loses_and_doubles_nothing(own_redis, store, redis_client):
+async def test_redis_stopped_and_restarted_loses_and_doubles_nothing(aof_redis, store, aof_client):
     batcher = Batcher(store, max_batch=50, max_age_s=0.05)
     added: list[CallRecord] = []
 
     async def outage() -> None:
         await asyncio.sleep(1.0)
-        await asyncio.to_thread(own_redis.stop)
+        await asyncio.to_thread(aof_redis.stop)
         await asyncio.sleep(2.0)
-        await asyncio.to_thread(own_redis.start)
+        await asyncio.to_thread(aof_redis.start)
 
     await add_for(batcher, 4.5, added, outage)
     await batcher.flush(timeout_s=30)
@@ -159,29 +142,29 @@ async def test_redis_stopped_and_restarted_loses_and_doubles_nothing(own_redis, 
     assert batcher.dropped_total == 0 and batcher.spilled_total == 0
     assert batcher.written_total == len(added)  # each record in exactly one accepted batch
     assert batcher.counted_total <= len(added)  # less if a reply was lost after Redis applied it
-    await redis_client.connection_pool.disconnect()  # its connection died with the server
-    await assert_counted_exactly(redis_client, added)
+    await aof_client.connection_pool.disconnect()  # its connection died with the server
+    await assert_counted_exactly(aof_client, added)
     await batcher.aclose()
 
 
-async def test_a_paused_redis_slower_than_the_timeout_loses_and_doubles_nothing(own_redis, store, redis_client):
+async def test_a_paused_redis_slower_than_the_timeout_loses_and_doubles_nothing(aof_redis, store, aof_client):
     batcher = Batcher(store, max_batch=50, max_age_s=0.05)
     added: list[CallRecord] = []
 
     async def pause() -> None:
         await asyncio.sleep(0.5)
-        await redis_client.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        await aof_client.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
 
     await add_for(batcher, 3.0, added, pause)
     await batcher.flush(timeout_s=30)
     assert batcher.failures_total > 0  # replies were slower than the 0.5 s socket timeout
     assert batcher.dropped_total == 0
     assert batcher.written_total == len(added)
-    await assert_counted_exactly(redis_client, added)
+    await assert_counted_exactly(aof_client, added)
     await batcher.aclose()
 
 
-async def test_a_batch_applied_but_reported_lost_is_retried_and_counted_once(store, redis_client):
+async def test_a_batch_applied_but_reported_lost_is_retried_and_counted_once(store, aof_client):
     class LostReply(Gate):
         """Redis applies the batch, then the reply is lost (the connection drops)."""
 
@@ -201,7 +184,7 @@ async def test_a_batch_applied_but_reported_lost_is_retried_and_counted_once(sto
     assert batcher.failures_total == 2
     # The first batch went three times; Redis counted it the first time, whose reply was lost.
     assert batcher.written_total == 25 and batcher.counted_total == 15
-    await assert_counted_exactly(redis_client, added)
+    await assert_counted_exactly(aof_client, added)
     await batcher.aclose()
 
 
@@ -211,7 +194,7 @@ def spilled_lines(folder) -> int:
     return sum(len(p.read_text().splitlines()) for p in folder.rglob("*.jsonl"))
 
 
-async def test_a_full_buffer_spills_to_disk_and_replays_in_order(store, redis_client, tmp_path, caplog):
+async def test_a_full_buffer_spills_to_disk_and_replays_in_order(store, aof_client, tmp_path, caplog):
     gate = Gate(store)
     gate.open = False
     spill = tmp_path / "spill"
@@ -237,12 +220,12 @@ async def test_a_full_buffer_spills_to_disk_and_replays_in_order(store, redis_cl
     batcher.add(later)  # behind the spilled ones, though memory has room again
     await batcher.flush(timeout_s=20)
     assert batcher.counted_total == 330 and batcher.dropped_total == 0
-    await assert_counted_exactly(redis_client, added + later)
+    await assert_counted_exactly(aof_client, added + later)
     await batcher.aclose()
     assert not list(spill.rglob("*.jsonl")) and not list(spill.iterdir())  # replayed, deleted
 
 
-async def test_a_failed_spill_drops_and_says_so(store, redis_client, tmp_path, caplog):
+async def test_a_failed_spill_drops_and_says_so(store, aof_client, tmp_path, caplog):
     gate = Gate(store)
     gate.open = False
     (tmp_path / "a-file").write_text("")
@@ -256,11 +239,11 @@ async def test_a_failed_spill_drops_and_says_so(store, redis_client, tmp_path, c
     assert any("20 call records DROPPED" in m for m in errors)
     gate.open = True
     await batcher.flush(timeout_s=10)
-    await assert_counted_exactly(redis_client, added[:10])
+    await assert_counted_exactly(aof_client, added[:10])
     await batcher.aclose()
 
 
-async def test_shutdown_with_redis_away_spills_and_the_next_batcher_replays(store, redis_client, tmp_path):
+async def test_shutdown_with_redis_away_spills_and_the_next_batcher_replays(store, aof_client, tmp_path):
     gate = Gate(store)
     gate.open = False
     spill = tmp_path / "spill"
@@ -284,7 +267,7 @@ async def test_shutdown_with_redis_away_spills_and_the_next_batcher_replays(stor
     assert second.stats()["pending"] == 41
     await second.flush(timeout_s=10)
     assert second.written_total == 40 and second.dropped_total == 1
-    await assert_counted_exactly(redis_client, added)  # memory's 25 first, then the spill's 15
+    await assert_counted_exactly(aof_client, added)  # memory's 25 first, then the spill's 15
     await second.aclose()
     await bystander.aclose()
     assert not list(spill.rglob("*.jsonl"))

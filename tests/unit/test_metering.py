@@ -1,19 +1,13 @@
 """Metering: exact money, the call record, and idempotent counting in a real redis-server of
-this module's own (append-only, fsync always, so it can be stopped and restarted with its data)."""
+this module's own (``aof_redis``: it can be stopped and restarted with its data)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 import uuid
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
-import redis
-import redis.asyncio as aioredis
 
 from actors.accounts import account_usage_key
 from actors.metering import (
@@ -26,72 +20,9 @@ from actors.metering import (
 from actors.usage_store import CALLS_STREAM, UsageStore, counted_key
 from config.catalog import Price
 from config.settings import ConfigError, load_settings
-from serve_app.runtime import free_port
 
 # 2026-03-15T12:00:00Z
 MARCH = 1_773_576_000_000
-
-
-@dataclass
-class AofRedis:
-    """A redis-server with append-only persistence that a test may stop and start again on the
-    same port, data intact."""
-
-    folder: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> AofRedis:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (the .ci/run script installs it)")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
-             "--logfile", str(self.folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if client.ping():
-                    return self
-            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise
-                time.sleep(0.02)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            self.process = None
-
-
-def start_aof_redis(folder: Path) -> AofRedis:
-    folder.mkdir(parents=True, exist_ok=True)
-    return AofRedis(folder, free_port()).start()
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    server = start_aof_redis(tmp_path_factory.mktemp("redis-metering"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def redis_client(own_redis):
-    client = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 def record(account_id: str = "acct_1", *, mode: str = "fast", prompt: int = 10, completion: int = 20,
@@ -189,31 +120,31 @@ def test_metering_settings_have_defaults_bounds_and_a_spill_dir_under_the_data_d
 
 # ---- the usage store -------------------------------------------------------------------------
 
-async def test_writing_the_same_batch_twice_counts_once(redis_client):
-    store = UsageStore(redis_client)
+async def test_writing_the_same_batch_twice_counts_once(aof_client):
+    store = UsageStore(aof_client)
     batch = [record(cost=5), record(cost=6, estimated=True)]
     assert await store.write(batch) == 2
     assert await store.write(batch) == 0
     month = await store.month("acct_1", "2026-03")
     assert month["requests"] == 2 and month["cost_micro_units"] == 11
     assert month["estimated_requests"] == 1
-    assert await redis_client.xlen(CALLS_STREAM) == 2
-    assert 0 < await redis_client.ttl(counted_key(batch[0].request_id)) <= 40 * 86400
+    assert await aof_client.xlen(CALLS_STREAM) == 2
+    assert 0 < await aof_client.ttl(counted_key(batch[0].request_id)) <= 40 * 86400
 
 
-async def test_a_batch_half_counted_before_counts_the_other_half(redis_client):
-    store = UsageStore(redis_client)
+async def test_a_batch_half_counted_before_counts_the_other_half(aof_client):
+    store = UsageStore(aof_client)
     batch = [record(cost=1) for _ in range(10)]
     assert await store.write(batch[::2]) == 5
     assert await store.write(batch) == 5
     month = await store.month("acct_1", "2026-03")
     assert month["requests"] == 10 and month["cost_micro_units"] == 10
-    entries = await redis_client.xrange(CALLS_STREAM)
+    entries = await aof_client.xrange(CALLS_STREAM)
     assert sorted(e["request_id"] for _, e in entries) == sorted(r.request_id for r in batch)
 
 
-async def test_month_layout_by_mode_and_calls_without_an_account(redis_client):
-    store = UsageStore(redis_client)
+async def test_month_layout_by_mode_and_calls_without_an_account(aof_client):
+    store = UsageStore(aof_client)
     rejected = record("", mode="", status=401, prompt=0, completion=0, cost=0)
     batch = [
         record(mode="fast", prompt=10, completion=20, cost=100),
@@ -239,27 +170,27 @@ async def test_month_layout_by_mode_and_calls_without_an_account(redis_client):
     assert (await store.month("acct_2", "2026-03"))["cost_micro_units"] == 1000
     empty = await store.month("acct_none", "2026-03")
     assert empty["requests"] == 0 and empty["by_mode"] == {}
-    raw = await redis_client.hgetall(account_usage_key("acct_1", "2026-03"))
+    raw = await aof_client.hgetall(account_usage_key("acct_1", "2026-03"))
     assert raw["mode:fast:requests"] == "2" and raw["mode:(model):cost_micro_units"] == "1"
     # The rejected call is in the stream, and under no account.
-    entries = [e for _, e in await redis_client.xrange(CALLS_STREAM)]
+    entries = [e for _, e in await aof_client.xrange(CALLS_STREAM)]
     assert len(entries) == 6
     assert CallRecord.from_fields(entries[4]) == rejected
-    assert not [k for k in await redis_client.keys("neuroapi:account::*")]
+    assert not [k for k in await aof_client.keys("neuroapi:account::*")]
     # Billing counters do not expire.
-    assert await redis_client.ttl(account_usage_key("acct_1", "2026-03")) == -1
+    assert await aof_client.ttl(account_usage_key("acct_1", "2026-03")) == -1
 
 
-async def test_the_stream_is_capped_approximately(redis_client):
-    store = UsageStore(redis_client, stream_max_entries=100)
+async def test_the_stream_is_capped_approximately(aof_client):
+    store = UsageStore(aof_client, stream_max_entries=100)
     for _ in range(10):
         await store.write([record() for _ in range(100)])
-    assert 100 <= await redis_client.xlen(CALLS_STREAM) < 300  # MAXLEN ~ trims whole nodes
+    assert 100 <= await aof_client.xlen(CALLS_STREAM) < 300  # MAXLEN ~ trims whole nodes
     assert (await store.month("acct_1", "2026-03"))["requests"] == 1000
 
 
-async def test_a_record_without_a_request_id_is_refused_before_anything_is_sent(redis_client):
-    store = UsageStore(redis_client)
+async def test_a_record_without_a_request_id_is_refused_before_anything_is_sent(aof_client):
+    store = UsageStore(aof_client)
     with pytest.raises(ValueError):
         await store.write([record(), replace(record(), request_id="")])
-    assert await redis_client.xlen(CALLS_STREAM) == 0
+    assert await aof_client.xlen(CALLS_STREAM) == 0
