@@ -13,7 +13,6 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -28,9 +27,8 @@ from ray.serve.metrics import Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.api_keys import parse_key
-from actors.auth_throttle import FailedAuthThrottle
 from actors.errors import GatewayError, invalid_api_key
-from actors.invalidation import InvalidationListener, InvalidationTimeout, broadcast
+from actors.invalidation import InvalidationListener
 from actors.key_store import KEYS_TOPIC, VerifiedKey
 from actors.metering import CallRecord, cost_units_text, current_month
 from actors.providers.base import Completion, UpstreamCall, UpstreamFailure
@@ -42,18 +40,17 @@ from actors.sessions import Session
 from actors.usage_store import UsageStore
 from config import logs
 from config.settings import Settings
+from serve_app.auth_guard import BLOCKS_TOPIC, FailedAuthGuard
 from serve_app.call_meter import CallMeter, completion_text, estimated_usage, prompt_text, streamed_text
 from serve_app.chat import Outcome, StreamItem, complete_chat, open_chat_stream
-from serve_app.client_address import client_address, parse_networks
+from serve_app.client_address import parse_networks
 from serve_app.key_cache import VerifiedKeyCache, fingerprint
+from serve_app.record_shipper import RecordShipper
 from serve_app.schemas import Credentials, NewKey, ScopeChange, parse_body, parse_chat_request
 from serve_app.usage_report import previous_month, usage_view
 
 logger = logging.getLogger("neuroapi.ingress")
-BLOCKS_TOPIC = "auth-block"  # subject: "<address> <seconds blocked>"
 COST_HEADER = "X-NeuroAPI-Cost-Units"  # a non-streamed answer's price (also usage.cost_units)
-RECORD_SHIP_S = 0.2  # how often metering records go to the batcher, in one hop per batch
-MAX_UNSHIPPED_RECORDS = 100_000
 KEY_USE_FLUSH_S = 5.0
 api = FastAPI(title="NeuroAPI", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -83,11 +80,6 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     logger.error("request %s failed: %s", request.headers.get("x-request-id"), type(error).__name__)
     return JSONResponse(GatewayError(500, "The gateway failed on this request; quote its X-Request-Id to support.",
                                      "server_error", "internal_error").body(), status_code=500)
-
-
-def too_many_failures(retry_after: str) -> GatewayError:
-    return GatewayError(429, "Too many failed authentication attempts from this address; retry after "
-                        f"{retry_after} s.", code="too_many_failed_attempts", headers={"Retry-After": retry_after})
 
 
 def invalid_session() -> GatewayError:
@@ -177,17 +169,14 @@ class Ingress:
     ):
         logs.install(in_replica=True)
         self._max_body_bytes = settings.max_body_bytes
-        self._trusted_proxies = parse_networks(settings.trusted_proxies)
         self._redis = connect(redis_url)
-        self._throttle = FailedAuthThrottle(self._redis, settings.failed_auth_limit, settings.failed_auth_window_s)
-        self._blocked_until: dict[str, float] = {}  # address → monotonic time the block ends
+        self._guard = FailedAuthGuard(self._redis, parse_networks(settings.trusted_proxies),
+                                      settings.failed_auth_limit, settings.failed_auth_window_s)
         self._key_uses: dict[str, int] = {}  # prefix → last use (unix s), flushed in batches
         self._flusher = asyncio.get_running_loop().create_task(self._flush_key_uses_forever())
         self._prices = settings.prices
-        self._batcher = batcher
-        self._records: list[CallRecord] = []
-        self._records_dropped = 0
-        self._shipper = asyncio.get_running_loop().create_task(self._ship_records_forever())
+        self._records = RecordShipper(batcher)
+        self._records.start()
         # The admin API is on only with a token in this replica's environment (never in config).
         self._admin_token = os.environ.get("NEUROAPI_ADMIN_TOKEN", "").encode()
         self._router = router
@@ -213,33 +202,17 @@ class Ingress:
         elif topic == ACCOUNT_TOPIC:
             self._keys.invalidate_account(subject)
         elif topic == BLOCKS_TOPIC:
-            address, seconds = subject.rsplit(" ", 1)
-            self._blocked_until[address] = time.monotonic() + float(seconds)
+            self._guard.block(subject)
 
     # ---- who is calling -------------------------------------------------------------------
 
     def _source(self, request: Request) -> str:
         """The caller's address, refused at once while it is blocked for failed attempts."""
-        address = client_address(request.client.host if request.client else None,
-                                 request.headers.get("x-forwarded-for"), self._trusted_proxies)
-        until = self._blocked_until.get(address)
-        if until is not None:
-            if until > time.monotonic():
-                raise too_many_failures(str(max(1, math.ceil(until - time.monotonic()))))
-            del self._blocked_until[address]
-        return address
+        return self._guard.source(request.client.host if request.client else None,
+                                  request.headers.get("x-forwarded-for"))
 
     async def _failed(self, address: str, error: GatewayError) -> GatewayError:
-        """Count a failed attempt; the error to answer with (429 once the address is blocked)."""
-        verdict = await self._throttle.record_failure(address)
-        if verdict.blocked_for_s:
-            self._blocked_until[address] = time.monotonic() + verdict.blocked_for_s
-            if verdict.counted:  # the attempt that reached the limit tells every replica
-                try:
-                    await broadcast(self._redis, BLOCKS_TOPIC, f"{address} {verdict.blocked_for_s}", timeout_s=2.0)
-                except InvalidationTimeout:
-                    logger.warning("a replica did not confirm an address block in time")
-        return error if not verdict.blocked_for_s or verdict.counted else too_many_failures(verdict.retry_after)
+        return await self._guard.failed(address, error)
 
     async def _authenticate(self, request: Request) -> VerifiedKey:
         address = self._source(request)
@@ -356,30 +329,7 @@ class Ingress:
             self._record(meter.finish(200, sum(map(len, sent)), usage, estimated, self._prices))
 
     def _record(self, record: CallRecord) -> None:
-        """Queue for the metadata batcher; shipped in batches, off the request's path."""
-        if self._batcher is None:  # metering off (benchmarks only)
-            return
-        self._records.append(record)
-        if len(self._records) > MAX_UNSHIPPED_RECORDS:  # the batcher has been unreachable for long
-            del self._records[0]
-            self._records_dropped += 1
-            if self._records_dropped % 1000 == 1:
-                logger.error("metering records dropped in the ingress: %d so far", self._records_dropped)
-
-    async def _ship_records_forever(self) -> None:
-        while True:
-            await asyncio.sleep(RECORD_SHIP_S)
-            await self._ship_records()
-
-    async def _ship_records(self) -> None:
-        if not self._records:
-            return
-        batch, self._records = self._records, []
-        try:
-            await self._batcher.record.remote(batch)
-        except Exception as error:  # the batcher is restarting: keep them, in order, for the next try
-            logger.warning("metadata batcher unreachable (%s); %d records kept", type(error).__name__, len(batch))
-            self._records[:0] = batch
+        self._records.add(record)  # to the metadata batcher in batches, off the request's path
 
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> JSONResponse:
@@ -482,8 +432,7 @@ class Ingress:
         return JSONResponse({"status": "ok"})
 
     async def __del__(self) -> None:
-        self._shipper.cancel()
-        await self._ship_records()  # a graceful stop loses no record
+        await self._records.aclose()  # a graceful stop loses no record
         self._flusher.cancel()
         await self._listener.stop()
         await self._redis.aclose()
