@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,11 +37,13 @@ def cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
 
 def load(spec: dict, harness_cpus: set[int] | None) -> dict:
     preexec = (lambda: os.sched_setaffinity(0, harness_cpus)) if harness_cpus else None
-    done = subprocess.run([sys.executable, "-m", "benchmarks.load", json.dumps(spec)], capture_output=True,
-                          text=True, preexec_fn=preexec, timeout=spec.get("duration_s", 60) * 3 + 300)
-    if done.returncode:
-        raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout)
+    with tempfile.NamedTemporaryFile(suffix=".json") as output:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.load", json.dumps({**spec, "output": output.name})],
+                              capture_output=True, text=True, preexec_fn=preexec,
+                              timeout=spec.get("duration_s", 60) * 3 + 300)
+        if done.returncode:
+            raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
+        return json.loads(Path(output.name).read_text())
 
 
 def phases(args: argparse.Namespace) -> list[dict]:

@@ -1,8 +1,8 @@
 """The load generator: one phase of load against one URL, run in its own process.
 
-    python -m benchmarks.load '{"url": ..., "headers": {...}, "stream": false, "rate": 100, ...}'
+    python -m benchmarks.load '{"url": ..., "headers": {...}, "stream": false, "rate": 100, ..., "output": FILE}'
 
-prints the phase's samples as JSON on stdout. Two shapes of load:
+writes the phase's samples as JSON to FILE. Two shapes of load:
 
 - ``rate`` > 0: open loop. Request *i* is due at ``start + i / rate`` whatever happened to
   the others, and its latency is measured from that scheduled time, so a gateway that falls
@@ -20,6 +20,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -114,7 +115,7 @@ def main() -> None:
         from uvloop import run  # the cheaper event loop, where installed
     except ImportError:
         run = asyncio.run
-    print(json.dumps(run(Phase(spec).run())))
+    Path(spec["output"]).write_text(json.dumps(run(Phase(spec).run())))
 
 
 if __name__ == "__main__":

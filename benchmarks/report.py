@@ -139,6 +139,7 @@ def plot(run: dict, folder: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     systems = run["systems"]
     labels = {"direct": "direct to upstream", **GATEWAYS}
@@ -154,6 +155,7 @@ def plot(run: dict, folder: Path) -> None:
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xticks([rate for rate, _ in points], [str(rate) for rate, _ in points])
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("offered load, requests/s (open loop)")
         axis.set_title(f"non-stream latency {q} (red x: requests failed)")
         axis.grid(True, which="both", alpha=0.3)
@@ -169,9 +171,10 @@ def plot(run: dict, folder: Path) -> None:
         for offset, q in ((-0.2, "p50"), (0.2, "p99")):
             axis.bar([i + offset for i in range(len(names))], [systems[n]["phases"][phase][q] for n in names],
                      width=0.4, label=q)
-        axis.set_xticks(range(len(names)), [labels[n] for n in names])
+        axis.set_xticks(range(len(names)), [labels[n].replace(" ", "\n", 1) for n in names])
         axis.set_title(f"64-chunk stream, {phase.split(' ', 1)[1]}: time to first token")
-        axis.set_ylabel("ms")
+        axis.set_yscale("log")
+        axis.set_ylabel("ms (log scale)")
         axis.legend()
     figure.tight_layout()
     figure.savefig(folder / "stream_ttft.png", dpi=110)
