@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from actors.errors import GatewayError
 from actors.metering import CallRecord, cost_micro_units, estimate_tokens
 from actors.providers.base import Usage
 from actors.providers.sse import SSEDecoder
@@ -46,6 +47,11 @@ class CallMeter:
             cost_micro_units=cost_micro_units(price, prompt, completion) if price else 0,
             request_bytes=self.request_bytes, response_bytes=response_bytes,
         )
+
+
+    def rejected(self, error: GatewayError, prices: Mapping[str, Price]) -> CallRecord:
+        """The record of a call answered with ``error`` before any answer was streamed."""
+        return self.finish(error.status, len(json.dumps(error.body())), None, False, prices)
 
 
 def prompt_text(messages: Iterable) -> str:

@@ -11,7 +11,6 @@ authentication of any kind counts against the source address (``actors.auth_thro
 # No "from __future__ import annotations": FastAPI must see the real Request type here.
 import asyncio
 import hmac
-import json
 import logging
 import os
 import random
@@ -234,14 +233,14 @@ class Ingress:
         self._key_uses[verified.prefix] = int(time.time())
         return verified
 
-    async def _logged_in(self, request: Request) -> tuple[str, Session]:
-        """(the session token, its session) for account endpoints."""
+    async def _logged_in(self, request: Request) -> Session:
+        """The caller's live session, for account endpoints."""
         address = self._source(request)
         token = presented_key(request) or ""
         session = await self._verifier.session.remote(token) if token else None
         if session is None:
             raise await self._failed(address, invalid_session())
-        return token, session
+        return session
 
     async def _admin(self, request: Request) -> str:
         """The audit actor for an admin call with the right token."""
@@ -294,7 +293,7 @@ class Ingress:
             events = await open_chat_stream(self._backends, order, call, outcome)
         except GatewayError as error:
             self._answered(meter, outcome)
-            self._record(meter.finish(error.status, len(json.dumps(error.body())), None, False, self._prices))
+            self._record(meter.rejected(error, self._prices))
             raise
         self._answered(meter, outcome)
         return StreamingResponse(
@@ -337,7 +336,7 @@ class Ingress:
         try:
             verified = await self._authenticate(request)
         except GatewayError as error:
-            self._record(meter.finish(error.status, len(json.dumps(error.body())), None, False, self._prices))
+            self._record(meter.rejected(error, self._prices))
             raise
         meter.key_prefix, meter.account_id = verified.prefix, verified.account_id
         owners = {m: b.provider for m, b in self._table.models.items()}
@@ -356,7 +355,7 @@ class Ingress:
     async def usage(self, request: Request) -> JSONResponse:
         """This month's and last month's counters, by mode; a session token or an API key."""
         if (presented_key(request) or "").startswith(SESSION_TOKEN_TAG):
-            account_id = (await self._logged_in(request))[1].account_id
+            account_id = (await self._logged_in(request)).account_id
         else:
             account_id = (await self._authenticate(request)).account_id
         month = current_month(int(time.time() * 1000))
@@ -386,26 +385,27 @@ class Ingress:
 
     @api.post("/v1/auth/logout")
     async def logout(self, request: Request) -> JSONResponse:
-        token, _ = await self._logged_in(request)
-        await self._verifier.logout.remote(token)
+        address = self._source(request)
+        if not await self._verifier.logout.remote(presented_key(request) or ""):  # checks the session too
+            raise await self._failed(address, invalid_session())
         return JSONResponse({"logged_out": True})
 
     @api.post("/v1/keys", status_code=201)
     async def create_key(self, request: Request) -> JSONResponse:
-        _, session = await self._logged_in(request)
+        session = await self._logged_in(request)
         new_key = parse_body(NewKey, await read_body(request, self._max_body_bytes) or b"{}")
         plaintext, info = await self._verifier.create_key.remote(session.account_id, new_key.name)
         return JSONResponse({"object": "api_key", "key": plaintext, **key_fields(info)}, status_code=201)
 
     @api.get("/v1/keys")
     async def list_keys(self, request: Request) -> JSONResponse:
-        _, session = await self._logged_in(request)
+        session = await self._logged_in(request)
         infos = await self._verifier.list_keys.remote(session.account_id)
         return JSONResponse({"object": "list", "data": [{"object": "api_key", **key_fields(i)} for i in infos]})
 
     @api.delete("/v1/keys/{prefix}")
     async def revoke_key(self, prefix: str, request: Request) -> JSONResponse:
-        _, session = await self._logged_in(request)
+        session = await self._logged_in(request)
         if not await self._verifier.revoke_key.remote(session.account_id, prefix):
             raise GatewayError(404, f"This account has no key '{prefix}'.", code="key_not_found", param="prefix")
         return JSONResponse({"object": "api_key", "prefix": prefix, "status": "revoked"})
