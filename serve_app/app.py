@@ -3,9 +3,11 @@
     Ingress ──▶ KeyVerifier pool        (on a key-cache miss only)
        │   ──▶ ModeRouter               (once, for the routing table)
        │   ──▶ MetadataBatcher          (metering records, one hop per batch of calls)
-       └──────▶ Provider-<name> proxies (one hop per request)
+       ├──────▶ Provider-<name> proxies (one hop per request to a third party)
+       └──────▶ Model-<name>            (one hop per request to an in-house model's replicas)
 
-Only providers whose credential is set get a proxy; the others are not offered."""
+Only providers whose credential is set get a proxy; the others are not offered. In-house models
+are resolved to a model folder here, in the driver (the built-in default is converted once)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from actors.metadata_batcher import MetadataBatcher
 from actors.mode_router import ModeRouter
 from actors.provider_proxy import ProviderProxy
 from config.settings import Settings
+from models.deployment import InHouseModel, options_for
+from models.model_source import resolve
 from serve_app.ingress import Ingress
 
 
@@ -27,12 +31,17 @@ def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | N
     verifier = KeyVerifier.options(num_replicas=settings.verifier_replicas).bind(settings, redis_url)
     router = ModeRouter.bind(settings, enabled, redis_url)
     proxies = {
-        name: ProviderProxy.options(
+        f"Provider-{name}": ProviderProxy.options(
             name=f"Provider-{name}", num_replicas=settings.providers[name].replicas
         ).bind(name, settings.providers[name], {m: settings.prices[m] for m in settings.providers[name].models})
         for name in enabled
     }
+    models = {
+        f"Model-{name}": InHouseModel.options(**options_for(name, spec)).bind(
+            name, spec, str(resolve(spec.source, settings.models_dir)), settings.prices.get(name))
+        for name, spec in settings.served_in_house().items()
+    }
     batcher = MetadataBatcher.bind(settings, redis_url) if settings.metering else None
     return Ingress.options(num_replicas=settings.ingress_replicas).bind(
-        settings, redis_url, verifier, router, proxies, batcher
+        settings, redis_url, verifier, router, proxies | models, batcher
     )

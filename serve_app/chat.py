@@ -28,9 +28,9 @@ StreamItem = StreamStart | UpstreamFailure | bytes | StreamEnd
 
 
 class Backends(Protocol):
-    async def complete(self, provider: str, call: UpstreamCall) -> Completion | UpstreamFailure: ...
+    async def complete(self, backend: Backend, call: UpstreamCall) -> Completion | UpstreamFailure: ...
 
-    def stream(self, provider: str, call: UpstreamCall) -> AsyncIterator[StreamItem]: ...
+    def stream(self, backend: Backend, call: UpstreamCall) -> AsyncIterator[StreamItem]: ...
 
 
 @dataclass
@@ -52,7 +52,7 @@ async def complete_chat(
 ) -> Completion:
     failure: UpstreamFailure | None = None
     for backend in order:
-        result = await backends.complete(backend.provider, _for(call, backend))
+        result = await backends.complete(backend, _for(call, backend))
         outcome.backend, outcome.upstream_ms = backend, outcome.upstream_ms + result.upstream_ms
         if isinstance(result, Completion):
             outcome.usage = result.usage
@@ -72,7 +72,7 @@ async def open_chat_stream(
     Raises the last failure's GatewayError when no candidate got that far."""
     failure: UpstreamFailure | None = None
     for backend in order:
-        events = backends.stream(backend.provider, _for(call, backend))
+        events = backends.stream(backend, _for(call, backend))
         first = await anext(events, None)
         outcome.backend = backend
         if isinstance(first, StreamStart):

@@ -74,7 +74,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             say(line)
         if not settings.enabled_providers():
             say("  no provider is configured: set OPENAI_API_KEY, ANTHROPIC_API_KEY or DEEPSEEK_API_KEY")
-        say("  starting Ray Serve ...")
+        in_house = settings.served_in_house()
+        say("  in-house models: " + (", ".join(in_house) if in_house else "none (NEUROAPI_IN_HOUSE_MODELS=0)"))
+        say("  starting Ray Serve (and loading the in-house models) ...")
         stop = threading.Event()
         # Ctrl-C in a terminal signals the whole process group (Ray's processes too), and a
         # second one may follow: the first stops us, later ones are ignored while we shut down.
@@ -82,6 +84,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             signal.signal(sig, lambda *_: stop.set())
         url = runtime.start_gateway(settings, redis_url, should_stop=stop.is_set)
         if not stop.is_set():
+            for name, engine in runtime.in_house_engines(settings).items():
+                say(f"    {name:<24} served by {engine}")
             say(f"  metrics: {runtime.metrics_url()}  (Prometheus; NeuroAPI's are ray_neuroapi_*)")
             say(f"  ready:   {url}/v1  (OpenAI-compatible; Ctrl-C stops)")
         while not stop.wait(1.0):

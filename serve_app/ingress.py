@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,7 +33,7 @@ from actors.key_store import KEYS_TOPIC, VerifiedKey
 from actors.metering import CallRecord, cost_units_text, current_month
 from actors.providers.base import Completion, UpstreamCall, UpstreamFailure
 from actors.redis_conn import connect
-from actors.routing import RoutingTable, attempt_order
+from actors.routing import Backend, RoutingTable, attempt_order
 from actors.scopes import ACCOUNT_TOPIC, Scope
 from actors.sessions import TOKEN_TAG as SESSION_TOKEN_TAG
 from actors.sessions import Session
@@ -134,23 +135,42 @@ def key_fields(info) -> dict:
             "created_at": info.created_at, "last_used_at": info.last_used_at}
 
 
+def overloaded(error: BackPressureError) -> UpstreamFailure:
+    """Every replica busy and the queue full: 503 with Retry-After (another candidate may serve)."""
+    retry_after = max(1, round(getattr(error, "retry_after_s", None) or 1))
+    return UpstreamFailure(GatewayError(
+        503, "The model is at capacity; retry shortly.", "server_error", "model_overloaded",
+        headers={"Retry-After": str(retry_after)}), retriable=True, upstream_ms=0.0)
+
+
 class RayBackends:
-    """``serve_app.chat.Backends`` over the provider proxies' deployment handles."""
+    """``serve_app.chat.Backends`` over the deployment handles of the provider proxies and the
+    in-house models, by deployment name (``Backend.deployment``)."""
 
-    def __init__(self, proxies: dict[str, DeploymentHandle]):
-        self._complete = {name: h.complete for name, h in proxies.items()}
-        self._stream = {name: h.options(stream=True).stream for name, h in proxies.items()}
+    def __init__(self, deployments: dict[str, DeploymentHandle]):
+        self._complete = {name: h.complete for name, h in deployments.items()}
+        self._stream = {name: h.options(stream=True).stream for name, h in deployments.items()}
 
-    async def complete(self, provider: str, call: UpstreamCall) -> Completion | UpstreamFailure:
-        return await self._complete[provider].remote(call)
-
-    async def stream(self, provider: str, call: UpstreamCall) -> AsyncIterator[StreamItem]:
-        response = self._stream[provider].remote(call)
+    async def complete(self, backend: Backend, call: UpstreamCall) -> Completion | UpstreamFailure:
         try:
+            return await self._complete[backend.deployment].remote(call)
+        except BackPressureError as error:
+            return overloaded(error)
+
+    async def stream(self, backend: Backend, call: UpstreamCall) -> AsyncIterator[StreamItem]:
+        response = self._stream[backend.deployment].remote(call)
+        try:
+            try:
+                first = await anext(response)
+            except BackPressureError as error:
+                yield overloaded(error)
+                return
+            yield first
             async for item in response:
                 yield item
         finally:
-            # The caller left or the stream ended: cancelling closes the upstream request.
+            # The caller left or the stream ended: cancelling closes the upstream request
+            # (or aborts the generation in an in-house engine).
             response.cancel()
 
 
@@ -163,7 +183,7 @@ class Ingress:
         redis_url: str,
         verifier: DeploymentHandle,
         router: DeploymentHandle,
-        proxies: dict[str, DeploymentHandle],
+        backends: dict[str, DeploymentHandle],
         batcher: DeploymentHandle | None,
     ):
         logs.install(in_replica=True)
@@ -180,7 +200,9 @@ class Ingress:
         self._admin_token = os.environ.get("NEUROAPI_ADMIN_TOKEN", "").encode()
         self._router = router
         self._verifier = verifier
-        self._backends = RayBackends(proxies)
+        self._backends = RayBackends(backends)
+        self._engines: dict[str, str] = {}  # in-house model → the engine serving it, once known
+        self._engine_names = asyncio.get_running_loop().create_task(self._learn_engines(backends))
         self._table: RoutingTable = await router.table.remote()
         self._keys = VerifiedKeyCache()
         self._listener = InvalidationListener(redis_url, self._invalidate, self._keys.clear)
@@ -252,6 +274,15 @@ class Ingress:
         if not hmac.compare_digest(presented, self._admin_token):
             raise await self._failed(address, GatewayError(401, "Invalid admin token.", code="invalid_admin_token"))
         return f"admin-api from {address}"
+
+    async def _learn_engines(self, backends: dict[str, DeploymentHandle]) -> None:
+        """For /v1/models; asked in the background so the ingress never waits for a model to load."""
+        for name, handle in backends.items():
+            if name.startswith("Model-"):
+                try:
+                    self._engines[name.removeprefix("Model-")] = await handle.engine_name.remote()
+                except Exception as error:
+                    logger.warning("could not learn the engine of %s: %s", name, type(error).__name__)
 
     async def _flush_key_uses_forever(self) -> None:
         while True:
@@ -339,17 +370,20 @@ class Ingress:
             self._record(meter.rejected(error, self._prices))
             raise
         meter.key_prefix, meter.account_id = verified.prefix, verified.account_id
-        owners = {m: b.provider for m, b in self._table.models.items()}
-        listing = JSONResponse({
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": 0,
-                 "owned_by": owners.get(name, "neuroapi")}
-                for name in self._table.listing(verified.scope)
-            ],
-        })
+        listing = JSONResponse({"object": "list", "data": [
+            self._model_entry(name) for name in self._table.listing(verified.scope)]})
         self._record(meter.finish(200, len(listing.body), None, False, self._prices))
         return listing
+
+    def _model_entry(self, name: str) -> dict:
+        backend = self._table.models.get(name)
+        entry = {"id": name, "object": "model", "created": 0,
+                 "owned_by": backend.provider if backend else "neuroapi"}
+        if backend is not None and backend.in_house:
+            entry["in_house"] = True
+            if name in self._engines:
+                entry["engine"] = self._engines[name]
+        return entry
 
     @api.get("/v1/usage")
     async def usage(self, request: Request) -> JSONResponse:
@@ -434,6 +468,7 @@ class Ingress:
     async def __del__(self) -> None:
         await self._records.aclose()  # a graceful stop loses no record
         self._flusher.cancel()
+        self._engine_names.cancel()
         await self._listener.stop()
         await self._redis.aclose()
 

@@ -14,6 +14,7 @@ import urllib.request
 
 from serve_app import request_id
 
+APP_NAME = "neuroapi"
 SERVE_ENVIRONMENT = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -78,10 +79,18 @@ def start_gateway(settings, redis_url: str, num_cpus: int | None = None, should_
             _metrics_export_port=settings.metrics_port,
         )
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(build_app(settings, redis_url), name="neuroapi", route_prefix="/")
+    serve.run(build_app(settings, redis_url), name=APP_NAME, route_prefix="/")
     url = f"http://{settings.host}:{settings.port}"
     wait_until_ready(url, should_stop=should_stop)
     return url
+
+
+def in_house_engines(settings) -> dict[str, str]:
+    """In-house model → the engine its replicas run ("vllm-gpu", "vllm-cpu", "transformers")."""
+    from ray import serve
+
+    return {name: serve.get_deployment_handle(f"Model-{name}", APP_NAME).engine_name.remote().result()
+            for name in settings.served_in_house()}
 
 
 def metrics_url() -> str:

@@ -102,6 +102,9 @@ def write_secrets_file(path: Path) -> dict[str, str]:
     return {"NEUROAPI_SECRETS_FILE": str(path)}
 
 
+TIGHT_MODEL = "smollm2-transformers"
+
+
 def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
     """Test catalog additions: a provider that refuses connections, and modes to exercise
     fallback deterministically (weight 0 = fallback only)."""
@@ -121,7 +124,14 @@ def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
                 "connect_timeout_s": 2,
             },
         },
-        "prices": {"dead-model": {"input": 1, "output": 1}},
+        # The real default model on vLLM (CPU here), and the same weights on the transformers
+        # engine with room for one call and one waiting: the back-pressure tests fill it.
+        "in_house_models": {
+            "smollm2-135m-instruct": {"max_model_len": 2048, "max_concurrency": 4, "max_queued": 16},
+            TIGHT_MODEL: {"source": "builtin:smollm2-135m-instruct", "engine": "transformers",
+                          "max_model_len": 2048, "max_concurrency": 1, "max_queued": 1, "num_cpus": 0},
+        },
+        "prices": {"dead-model": {"input": 1, "output": 1}, TIGHT_MODEL: {"input": 10000, "output": 10000}},
         "modes": {
             "resilient": {"candidates": [{"model": "dead-model", "weight": 1},
                                          {"model": "gpt-4o-mini", "weight": 0}]},
@@ -155,7 +165,6 @@ def gateway(
         "OPENAI_API_KEY": CREDENTIALS["openai"],
         "ANTHROPIC_API_KEY": CREDENTIALS["anthropic"],
         "DEEPSEEK_API_KEY": CREDENTIALS["deepseek"],
-        "NEUROAPI_INHOUSE_API_KEY": CREDENTIALS["inhouse"],
         "NEUROAPI_ADMIN_TOKEN": "admin-" + secrets.token_hex(16),
         **{f"NEUROAPI_{name.upper()}_BASE_URL": url for name, url in fakes.base_urls().items()},
         **write_secrets_file(folder / "data" / "secrets.json"),

@@ -1,8 +1,8 @@
 """Fake OpenAI, DeepSeek and Anthropic APIs on loopback, speaking their real wire formats.
 
 One server answers all three under path prefixes (``/openai/v1``, ``/deepseek``,
-``/anthropic``), plus OpenAI-compatible in-house servers: ``/inhouse/v1`` and, for tests
-that invent providers, ``/any/<name>/v1`` (credential ``sk-test-any``). It records every request it receives, checks credentials the way each
+``/anthropic``), plus, for tests that invent providers (third-party or OpenAI-compatible
+in-house servers), ``/any/<name>/v1`` (credential ``sk-test-any``). It records every request it receives, checks credentials the way each
 provider does, and can be scripted per model to fail in the ways real upstreams fail. The
 official SDKs are pointed at it in ``tests/unit/test_fake_upstreams.py`` to keep it honest."""
 
@@ -25,8 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 ANTHROPIC_VERSIONS = {"2023-06-01", "2026-10-21"}
-CREDENTIALS = {"openai": "sk-test-openai", "deepseek": "sk-test-deepseek", "anthropic": "sk-ant-test",
-               "inhouse": "sk-test-inhouse"}
+CREDENTIALS = {"openai": "sk-test-openai", "deepseek": "sk-test-deepseek", "anthropic": "sk-ant-test"}
 ANY_CREDENTIAL = "sk-test-any"
 
 
@@ -101,7 +100,6 @@ class FakeUpstreams:
             "openai": f"{self.url}/openai/v1",
             "deepseek": f"{self.url}/deepseek",
             "anthropic": f"{self.url}/anthropic",
-            "inhouse": f"{self.url}/inhouse/v1",
         }
 
     # -- server ----------------------------------------------------------------------------
@@ -112,7 +110,6 @@ class FakeUpstreams:
         app = Starlette(routes=[
             Route("/openai/v1/chat/completions", self._openai, methods=["POST"]),
             Route("/deepseek/chat/completions", self._deepseek, methods=["POST"]),
-            Route("/inhouse/v1/chat/completions", self._inhouse, methods=["POST"]),
             Route("/any/{name}/v1/chat/completions", self._any, methods=["POST"]),
             Route("/anthropic/v1/messages", self._anthropic, methods=["POST"]),
         ])
@@ -142,9 +139,6 @@ class FakeUpstreams:
     # -- OpenAI and DeepSeek ---------------------------------------------------------------
     async def _deepseek(self, request: Request) -> Response:
         return await self._openai(request, provider="deepseek")
-
-    async def _inhouse(self, request: Request) -> Response:
-        return await self._openai(request, provider="inhouse")
 
     async def _any(self, request: Request) -> Response:
         return await self._openai(request, provider=request.path_params["name"], credential=ANY_CREDENTIAL)

@@ -19,11 +19,11 @@ class DirectBackends:
     def __init__(self, upstreams):
         self._clients = {p: client_for(upstreams, p) for p in ("deepseek", "anthropic")}
 
-    async def complete(self, provider, call):
-        return await self._clients[provider].complete(call)
+    async def complete(self, backend, call):
+        return await self._clients[backend.provider].complete(call)
 
-    def stream(self, provider, call):
-        return self._clients[provider].stream(call)
+    def stream(self, backend, call):
+        return self._clients[backend.provider].stream(call)
 
 
 @pytest.mark.parametrize("status", [503, 429])

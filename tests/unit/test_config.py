@@ -16,12 +16,13 @@ def write(tmp_path, data) -> str:
     return str(path)
 
 
-def test_defaults_load_with_the_three_providers_one_in_house_server_and_exact_prices():
+def test_defaults_load_with_the_three_providers_the_embedded_model_and_exact_prices():
     settings = load_settings(environ={})
-    assert set(settings.providers) == {"openai", "anthropic", "deepseek", "inhouse"}
-    assert [name for name, spec in settings.providers.items() if spec.in_house] == ["inhouse"]
+    assert set(settings.providers) == {"openai", "anthropic", "deepseek"}
+    assert not any(spec.in_house for spec in settings.providers.values())
+    assert settings.served_in_house()["smollm2-135m-instruct"].source == "builtin:smollm2-135m-instruct"
     assert [c.model for c in settings.modes["private"].candidates] == ["smollm2-135m-instruct"]
-    assert settings.provider_of("deepseek-chat") == "deepseek"
+    assert load_settings(environ={"NEUROAPI_IN_HOUSE_MODELS": "0"}).served_in_house() == {}
     assert settings.prices["gpt-4o-mini"].input == Decimal("150000")
     assert settings.enabled_providers({}) == []
 

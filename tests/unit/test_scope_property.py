@@ -79,11 +79,11 @@ class ClientBackends:
         self.clients = {name: ProviderClient(ADAPTERS[spec.adapter](spec, ANY_CREDENTIAL))
                         for name, spec in settings.providers.items()}
 
-    async def complete(self, provider, call):
-        return await self.clients[provider].complete(call)
+    async def complete(self, backend, call):
+        return await self.clients[backend.provider].complete(call)
 
-    def stream(self, provider, call):
-        return self.clients[provider].stream(call)
+    def stream(self, backend, call):
+        return self.clients[backend.provider].stream(call)
 
     async def aclose(self):
         for client in self.clients.values():

@@ -1,0 +1,488 @@
+"""Tokens per second of an in-house model through NeuroAPI against the same vLLM engine alone.
+
+Builds a random-weight Llama model of a realistic shape locally (never downloads: the tokenizer
+is the embedded SmolLM2's), runs it in vLLM in this process at 1, 8 and 64 concurrent streams,
+frees the engine, then serves the same folder through the real gateway (``neuroapi serve``:
+Ray Serve, a real key, streamed chat completions with usage) and repeats the load. Prints a
+markdown table (engine tokens/s, gateway tokens/s, their ratio, median time to first token)
+and writes it as JSON. Every request asks for ``--max-tokens`` at temperature 1 with its own
+seed; the rate counts the completion tokens each stream reports, so an early stop (random
+weights rarely pick the end-of-sequence token) does not distort it. On a GPU machine:
+
+    scripts/gpu_check.sh            # = .venv/bin/python -m benchmarks.gpu_check (1b shape on a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.systems import System, wait_for
+from serve_app.runtime import free_port
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL = "gpu-check-model"
+BUILTIN = "builtin:smollm2-135m-instruct"
+MAX_MODEL_LEN = 2048
+MAX_NUM_SEQS = 64
+GPU_MEMORY_UTILIZATION = 0.85
+STAMP = "neuroapi-gpu-check.json"
+
+# Llama shapes; weights are random (seed 0) and saved in bf16.
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 64, "intermediate_size": 512, "max_position_embeddings": 4096,
+             "tie_word_embeddings": True},
+    "1b": {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "head_dim": 64, "intermediate_size": 8192, "max_position_embeddings": 4096,
+           "tie_word_embeddings": True},  # Llama-3.2-1B-like
+    "8b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "head_dim": 128, "intermediate_size": 14336, "max_position_embeddings": 8192,
+           "tie_word_embeddings": False},  # Llama-3-8B-like
+}
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def offline() -> None:
+    """No hub, no telemetry: for this process and everything it starts."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK"):
+        os.environ[name] = "1"
+
+
+def model_cache_dir() -> Path:
+    if os.environ.get("NEUROAPI_MODEL_CACHE_DIR"):
+        return Path(os.environ["NEUROAPI_MODEL_CACHE_DIR"])
+    from config.settings import load_settings
+
+    return load_settings().models_dir
+
+
+# ---- the model ----------------------------------------------------------------------------
+
+
+def build_model(shape: str, folder: Path) -> Path:
+    """A random-weight ``LlamaForCausalLM`` of ``shape`` with SmolLM2's tokenizer (reused if built)."""
+    wanted = {"shape": shape, **SHAPES[shape]}
+    stamp = folder / STAMP
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        print(f"model: reusing {folder}", flush=True)
+        return folder
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from models.model_source import resolve
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(resolve(BUILTIN, model_cache_dir()))
+    config = LlamaConfig(
+        **SHAPES[shape], vocab_size=len(tokenizer), rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)  # on the CPU: no CUDA here
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    stamp.write_text(json.dumps(wanted))
+    parameters = sum(p.numel() for p in model.parameters())
+    del model
+    print(f"model: {shape} ({parameters / 1e9:.2f}B parameters, vocab {len(tokenizer)}) built in "
+          f"{time.perf_counter() - started:.0f}s at {folder}", flush=True)
+    return folder
+
+
+def messages(index: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Request {index}: write a long story about the number {index}."}]
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    completion_tokens: int
+    ttft_s: float | None  # until the first token's text; None if none came
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    concurrency: int
+    requests: int
+    completion_tokens: int
+    wall_s: float
+    tokens_per_s: float
+    ttft_p50_s: float | None
+    early_stops: int  # requests that ended before max_tokens
+
+
+OneRequest = Callable[[int], Awaitable[Sample]]
+
+
+def requests_per_stream(concurrency: int, rounds: int) -> int:
+    return max(rounds, 3) if concurrency == 1 else rounds
+
+
+async def run_level(one: OneRequest, concurrency: int, rounds: int, max_tokens: int, first_index: int) -> Level:
+    """``concurrency`` streams at once, each running its requests back to back."""
+    per_stream = requests_per_stream(concurrency, rounds)
+
+    async def stream(worker: int) -> list[Sample]:
+        return [await one(first_index + worker * per_stream + k) for k in range(per_stream)]
+
+    started = time.perf_counter()
+    samples = [s for batch in await asyncio.gather(*(stream(w) for w in range(concurrency))) for s in batch]
+    wall = time.perf_counter() - started
+    tokens = sum(s.completion_tokens for s in samples)
+    ttfts = [s.ttft_s for s in samples if s.ttft_s is not None]
+    return Level(concurrency, len(samples), tokens, round(wall, 3), round(tokens / wall, 1),
+                 round(statistics.median(ttfts), 4) if ttfts else None,
+                 sum(s.completion_tokens < max_tokens for s in samples))
+
+
+async def run_levels(one: OneRequest, label: str, args: argparse.Namespace) -> dict[int, Level]:
+    await one(10_000_000)  # warm-up, not measured
+    levels: dict[int, Level] = {}
+    for number, concurrency in enumerate(args.concurrency):
+        level = await run_level(one, concurrency, args.rounds, args.max_tokens, number * 100_000)
+        print(f"{label:>8} c={concurrency:<3} {level.tokens_per_s:>9.1f} tok/s  ttft p50 "
+              f"{fmt_ms(level.ttft_p50_s)}  ({level.requests} requests, {level.completion_tokens} tokens, "
+              f"{level.wall_s:.1f}s, {level.early_stops} early stops)", flush=True)
+        levels[concurrency] = level
+    return levels
+
+
+# ---- the engine alone ---------------------------------------------------------------------
+
+
+async def engine_alone(folder: Path, args: argparse.Namespace) -> tuple[str, dict[int, Level]]:
+    from transformers import AutoTokenizer
+
+    from models.engine import EngineOptions, Sampling
+    from models.openai_format import prompt_token_ids
+    from models.vllm_engine import VLLMEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    engine = VLLMEngine(EngineOptions(
+        model_path=folder, max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS, dtype="auto",
+        gpu_memory_utilization=GPU_MEMORY_UTILIZATION, cpu_kv_cache_gib=args.cpu_kv_cache_gib))
+    started = time.perf_counter()
+    await engine.start()
+    print(f"engine: {engine.name} started in {time.perf_counter() - started:.0f}s", flush=True)
+
+    async def one(index: int) -> Sample:
+        ids = prompt_token_ids(tokenizer, messages(index))
+        sampling = Sampling(max_tokens=args.max_tokens, temperature=1.0, seed=index)
+        sent, ttft, tokens = time.perf_counter(), None, 0
+        async for delta in engine.generate(f"gpu-check-{index}", ids, sampling):
+            if ttft is None and delta.completion_tokens:
+                ttft = time.perf_counter() - sent
+            tokens = delta.completion_tokens
+        return Sample(tokens, ttft)
+
+    try:
+        return engine.name, await run_levels(one, "engine", args)
+    finally:
+        await engine.shutdown()
+
+
+def wait_for_free_gpu(timeout_s: float = 120.0) -> None:
+    """Until the engine's process has let go of the GPU (nvidia-smi's view; no CUDA in this process)."""
+    if shutil.which("nvidia-smi") is None:
+        time.sleep(5)
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True)
+        rows = [[float(v) for v in line.split(",")] for line in done.stdout.strip().splitlines() if line.strip()]
+        if done.returncode == 0 and rows and all(used < 0.1 * total for used, total in rows):
+            return
+        time.sleep(2)
+    print("warning: the GPU still holds memory after the engine stopped", flush=True)
+
+
+# ---- through the gateway ------------------------------------------------------------------
+
+
+def gateway_config(folder: Path, path: Path, gpu: bool) -> None:
+    """The catalog: only our model (the default SmolLM2 and the mode that uses it are removed)."""
+    spec = {"source": str(folder), "engine": "vllm", "max_model_len": MAX_MODEL_LEN, "max_concurrency": MAX_NUM_SEQS,
+            "max_queued": 256, "num_gpus": 1 if gpu else 0, "num_cpus": 0 if gpu else 1,
+            "gpu_memory_utilization": GPU_MEMORY_UTILIZATION}
+    catalog = {"in_house_models": {"smollm2-135m-instruct": None, MODEL: spec},
+               "modes": {"private": None},
+               "prices": {MODEL: {"input": 0, "output": 0}}}
+    path.write_text(json.dumps(catalog, indent=2))  # JSON is YAML
+
+
+class Gateway(System):
+    """``neuroapi serve`` with the model, in its own session; ``stop()`` ends the whole group."""
+
+    name = "neuroapi"
+
+    def __init__(self, folder: Path, workdir: Path, gpu: bool):
+        data = workdir / "gateway-data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = workdir / "gateway.yaml"
+        gateway_config(folder, config, gpu)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "NEUROAPI_CONFIG": str(config), "NEUROAPI_DATA_DIR": str(data),
+                    "NEUROAPI_PORT": str(self.port), "NEUROAPI_IN_HOUSE_MODELS": "1"}
+        for name in ("NEUROAPI_REDIS_URL", "NEUROAPI_METRICS_PORT", "RAY_ADDRESS", "OPENAI_API_KEY",
+                     "ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY"):
+            self.env.pop(name, None)
+        self.log = workdir / "gateway.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "serve_app.cli", "serve"], env=self.env,
+                                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        self.url = f"{self.base}/v1/chat/completions"
+        self.headers: dict[str, str] = {}
+
+    def _cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "serve_app.cli", *args], env=self.env,
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"neuroapi {' '.join(args[:2])} failed: {done.stderr[-1000:]}")
+        return done.stdout.strip()
+
+    def ready(self, timeout_s: float) -> dict:
+        """Up, a key made, and ``MODEL`` listed; returns its /v1/models entry."""
+        deadline = time.monotonic() + timeout_s
+        wait_for(f"{self.base}/healthz", timeout_s=timeout_s, process=self.process)
+        self._cli("accounts", "create", "gpu-check@example.com")
+        key = self._cli("keys", "create", "gpu-check@example.com", "--name", "gpu-check")
+        self.headers = {"Authorization": f"Bearer {key}"}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {self.process.returncode}")
+            try:
+                listing = httpx.get(f"{self.base}/v1/models", headers=self.headers, timeout=10).json()
+                entry = next((m for m in listing.get("data", []) if m.get("id") == MODEL), None)
+                if entry is not None:
+                    return entry
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"{MODEL} was not listed on {self.base}/v1/models within {timeout_s:.0f}s")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class GatewayStreams:
+    """Streamed chat completions through the gateway; tokens from the final usage chunk."""
+
+    def __init__(self, gateway: Gateway, max_tokens: int):
+        import aiohttp
+
+        self.gateway = gateway
+        self.max_tokens = max_tokens
+        self.fingerprints: set[str] = set()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def one(self, index: int) -> Sample:
+        body = {"model": MODEL, "messages": messages(index), "stream": True,
+                "stream_options": {"include_usage": True}, "max_tokens": self.max_tokens,
+                "temperature": 1.0, "seed": index}
+        sent, ttft, usage = time.perf_counter(), None, None
+        async with self.session.post(self.gateway.url, json=body, headers=self.gateway.headers) as response:
+            if response.status != 200:
+                raise GatewayFailure(response.status, (await response.text())[:500])
+            async for raw in response.content:
+                line = raw.strip()
+                if not line.startswith(b"data:") or line == b"data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                if chunk.get("system_fingerprint"):
+                    self.fingerprints.add(chunk["system_fingerprint"])
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                choices = chunk.get("choices") or []
+                if ttft is None and choices and (choices[0].get("delta") or {}).get("content"):
+                    ttft = time.perf_counter() - sent
+        if usage is None:
+            raise GatewayFailure(200, "the stream ended without a usage chunk (stream_options.include_usage)")
+        return Sample(int(usage["completion_tokens"]), ttft)
+
+    async def warm_up(self, timeout_s: float) -> None:
+        """The first answer (retried while the model's replica is still coming up)."""
+        import aiohttp
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self.one(10_000_000)
+                return
+            except (GatewayFailure, aiohttp.ClientError) as failure:
+                status = failure.status if isinstance(failure, GatewayFailure) else 0
+                if time.monotonic() > deadline or status not in (0, 404, 500, 502, 503, 504):
+                    raise
+                print(f"gateway: not answering yet ({type(failure).__name__}: {failure}); retrying", flush=True)
+                await asyncio.sleep(5)
+
+
+class GatewayFailure(RuntimeError):
+    def __init__(self, status: int, text: str):
+        super().__init__(f"HTTP {status}: {text}")
+        self.status = status
+
+
+async def through_gateway(gateway: Gateway, args: argparse.Namespace) -> tuple[str, dict[int, Level]]:
+    streams = GatewayStreams(gateway, args.max_tokens)
+    try:
+        await streams.warm_up(args.start_timeout)
+        levels = await run_levels(streams.one, "gateway", args)
+        return ",".join(sorted(streams.fingerprints)) or "?", levels
+    finally:
+        await streams.close()
+
+
+def gateway_run(folder: Path, workdir: Path, args: argparse.Namespace, gpu: bool) -> tuple[str, dict[int, Level]]:
+    started = time.perf_counter()
+    gateway = Gateway(folder, workdir, gpu)
+    try:
+        entry = gateway.ready(args.start_timeout)
+        print(f"gateway: ready on {gateway.base} in {time.perf_counter() - started:.0f}s, "
+              f"{MODEL} engine {entry.get('engine', '?')} (log: {gateway.log})", flush=True)
+        return asyncio.run(through_gateway(gateway, args))
+    except BaseException:
+        print(f"gateway log ({gateway.log}), last lines:\n{gateway.log_tail()}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        gateway.stop()
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def device_name(gpu: bool) -> str:
+    if not gpu:
+        return "CPU"
+    import torch
+
+    return torch.cuda.get_device_name(0)  # only after the engines are gone: it starts CUDA here
+
+
+def table(result: dict) -> str:
+    lines = [f"**{result['device']}** · shape {result['shape']} · vLLM {result['vllm']} · engine "
+             f"{result['engine']} · max_tokens {result['max_tokens']}", "",
+             "| concurrency | engine alone tok/s | through NeuroAPI tok/s | ratio | TTFT p50 engine "
+             "| TTFT p50 NeuroAPI |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for concurrency in result["concurrency"]:
+        engine = result["engine_alone"].get(str(concurrency))
+        gateway = result["gateway"].get(str(concurrency))
+        ratio = f"{gateway['tokens_per_s'] / engine['tokens_per_s']:.2f}" if engine and gateway else "—"
+        lines.append(
+            f"| {concurrency} | {engine['tokens_per_s'] if engine else '—'} "
+            f"| {gateway['tokens_per_s'] if gateway else '—'} | {ratio} "
+            f"| {fmt_ms(engine['ttft_p50_s']) if engine else '—'} "
+            f"| {fmt_ms(gateway['ttft_p50_s']) if gateway else '—'} |")
+    return "\n".join(lines)
+
+
+def write(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table(result) + "\n")
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+
+def arguments(gpu: bool) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="1b" if gpu else "tiny")
+    parser.add_argument("--concurrency", type=lambda text: [int(c) for c in text.split(",")], default=[1, 8, 64],
+                        help="comma-separated numbers of concurrent streams (at most 64)")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2, help="requests per stream (at least 3 at concurrency 1)")
+    parser.add_argument("--workdir", type=Path, help="model folder, gateway data and logs (default: a temp dir)")
+    parser.add_argument("--out", type=Path, help="JSON results (default: benchmarks/results/gpu_check.json on "
+                                                 "a GPU, <workdir>/gpu_check.json on a CPU)")
+    parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the gateway to serve")
+    parser.add_argument("--cpu-kv-cache-gib", type=float, default=1.0, help="KV cache of the CPU engine alone")
+    parser.add_argument("--skip-engine", action="store_true", help="only through the gateway")
+    parser.add_argument("--skip-gateway", action="store_true", help="only the engine alone")
+    args = parser.parse_args()
+    if max(args.concurrency) > MAX_NUM_SEQS or min(args.concurrency) < 1:
+        parser.error(f"--concurrency: each between 1 and {MAX_NUM_SEQS}")
+    return args
+
+
+def main() -> int:
+    offline()
+    # A timeout's SIGTERM unwinds like Ctrl-C, so the engine and the gateway are still stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    gpu = has_cuda()
+    args = arguments(gpu)
+    import vllm
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="neuroapi-gpu-check-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = args.out or (RESULTS / "gpu_check.json" if gpu else workdir / "gpu_check.json")
+    folder = build_model(args.shape, workdir / f"model-{args.shape}")
+    result: dict[str, Any] = {
+        "shape": args.shape, "shape_config": SHAPES[args.shape], "vllm": vllm.__version__,
+        "engine": "vllm-gpu" if gpu else "vllm-cpu", "max_tokens": args.max_tokens, "rounds": args.rounds,
+        "concurrency": args.concurrency, "max_model_len": MAX_MODEL_LEN, "engine_alone": {}, "gateway": {},
+    }
+    failed = False
+    if not args.skip_engine:
+        result["engine"], levels = asyncio.run(engine_alone(folder, args))
+        result["engine_alone"] = {str(c): asdict(level) for c, level in levels.items()}
+        if gpu:
+            wait_for_free_gpu()
+    if not args.skip_gateway:
+        try:
+            fingerprint, levels = gateway_run(folder, workdir, args, gpu)
+            result["gateway"] = {str(c): asdict(level) for c, level in levels.items()}
+            result["gateway_engine"] = fingerprint
+        except Exception as error:  # still report the engine's numbers
+            failed = True
+            result["gateway_error"] = f"{type(error).__name__}: {error}"
+            print(f"gateway run failed: {result['gateway_error']}", file=sys.stderr, flush=True)
+    result["device"] = device_name(gpu)
+    write(result, out)
+    print("\n" + table(result) + f"\n\nresults: {out} (and {out.with_suffix('.md').name})", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

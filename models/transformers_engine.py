@@ -1,0 +1,288 @@
+"""Plain ``transformers`` + ``torch`` behind the engine interface: the fallback for machines where
+no vLLM build installs (CPU, or a CUDA GPU if torch sees one).
+
+It serves one request at a time (an ``asyncio.Lock``) with a hand-written decode loop: a prefill
+of the prompt, then one token per step with the model's KV cache. Batching many requests
+together is vLLM's job; this engine only has to be correct and keep the event loop free, so
+every forward pass runs on one dedicated worker thread. Nothing is downloaded: the model is a
+folder on disk, loaded with ``local_files_only`` and the hub switched off."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from models.engine import Delta, Engine, EngineError, EngineOptions, EngineStats, Sampling
+from models.model_source import offline_environment
+
+T = TypeVar("T")
+GREEDY_BELOW = 1e-5  # a temperature this small means argmax (and avoids dividing by ~0)
+DTYPES = {"float32": "float32", "float": "float32", "fp32": "float32", "float16": "float16",
+          "half": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+@dataclass(slots=True)
+class _Request:
+    """What ``abort`` can reach while a request waits for the lock or generates."""
+
+    aborted: bool = False
+
+
+@dataclass(slots=True)
+class _Decoder:
+    """One request's decode state; only ever touched on the engine's worker thread."""
+
+    sampling: Sampling
+    generator: Any  # torch.Generator
+    counts: Any = None  # torch tensor: how often each token id was generated (for the penalties)
+    past: Any = None  # the KV cache
+    ids: list[int] = field(default_factory=list)
+
+
+def stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest tail of ``text`` that could still grow into a stop string: that much
+    is held back, so no part of a stop string ever reaches the caller."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
+
+
+def first_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Where the earliest stop string starts in ``text``, or -1."""
+    found = [index for index in (text.find(stop) for stop in stops if stop) if index >= 0]
+    return min(found, default=-1)
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, options: EngineOptions):
+        self._options = options
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device: Any = None
+        self._eos: frozenset[int] = frozenset()
+        self._lock = asyncio.Lock()  # one request at a time: batching is vLLM's job
+        # One worker thread for all torch work: a step still running after its request was
+        # cancelled finishes before the next request's first step starts.
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._requests: dict[str, _Request] = {}
+        self._running = 0
+        self._finished = 0
+        self._aborted = 0
+
+    async def _on_worker(self, function: Callable[..., T], *arguments: Any) -> T:
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transformers-engine")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, function, *arguments)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._on_worker(self._load)
+        except EngineError:
+            raise
+        except Exception as error:
+            raise EngineError(f"transformers could not load {self._options.model_path.name}: "
+                              f"{type(error).__name__}: {error}") from None
+
+    def _load(self) -> None:
+        offline_environment()  # a missing file fails instead of reaching for a model hub
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = self._options.model_path
+        if not path.is_dir():
+            raise EngineError(f"the model folder {path} does not exist")
+        gpu = torch.cuda.is_available()
+        device = torch.device("cuda" if gpu else "cpu")
+        dtype: Any
+        if self._options.dtype != "auto":
+            if self._options.dtype not in DTYPES:
+                raise EngineError(f"unknown dtype '{self._options.dtype}' (known: {', '.join(DTYPES)}, auto)")
+            dtype = getattr(torch, DTYPES[self._options.dtype])
+        else:
+            # CPU: float32, as bf16/fp16 matmuls there are slow or inexact; GPU: as the model was saved.
+            dtype = "auto" if gpu else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        model.to(device).eval()
+        self._tokenizer, self._model, self._device = tokenizer, model, device
+        self._eos = self._eos_ids()
+
+    def _eos_ids(self) -> frozenset[int]:
+        """Every id that ends a completion: the generation config's (one or a list) and the tokenizer's."""
+        configured = getattr(self._model.generation_config, "eos_token_id", None)
+        if configured is None:
+            configured = getattr(self._model.config, "eos_token_id", None)
+        ids: set[int] = set()
+        for found in (configured, self._tokenizer.eos_token_id):
+            if isinstance(found, int):
+                ids.add(found)
+            elif isinstance(found, list | tuple):
+                ids.update(i for i in found if isinstance(i, int))
+        if not ids:
+            raise EngineError(f"{self._options.model_path.name} names no end-of-sequence token")
+        return frozenset(ids)
+
+    # -- the decode loop --------------------------------------------------------------------
+
+    def _new_decoder(self, sampling: Sampling) -> _Decoder:
+        import torch
+
+        generator = torch.Generator(device=self._device)
+        if sampling.seed is not None:
+            generator.manual_seed(sampling.seed)
+        else:
+            generator.seed()
+        return _Decoder(sampling, generator)
+
+    def _step(self, decoder: _Decoder, input_ids: list[int]) -> tuple[int, str]:
+        """One forward pass (the whole prompt first, then the last token): the next token, and the
+        completion so far decoded."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = torch.tensor([input_ids], dtype=torch.long, device=self._device)
+            output = self._model(input_ids=inputs, past_key_values=decoder.past, use_cache=True)
+            decoder.past = output.past_key_values
+            logits = output.logits[0, -1].float()
+            token = self._pick(decoder, logits)
+            if decoder.counts is None:
+                decoder.counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=self._device)
+            decoder.counts[token] += 1
+        decoder.ids.append(token)
+        # The whole completion each time: a byte-level BPE merges across token boundaries, and
+        # decoding is cheap next to a forward pass.
+        return token, self._tokenizer.decode(decoder.ids, skip_special_tokens=True)
+
+    @staticmethod
+    def _pick(decoder: _Decoder, logits: Any) -> int:
+        """OpenAI's penalties over the generated tokens, then argmax or temperature + top-p sampling."""
+        import torch
+
+        sampling = decoder.sampling
+        if decoder.counts is not None and (sampling.frequency_penalty or sampling.presence_penalty):
+            logits = (logits - sampling.frequency_penalty * decoder.counts
+                      - sampling.presence_penalty * (decoder.counts > 0).float())
+        if sampling.temperature < GREEDY_BELOW:
+            return int(torch.argmax(logits))
+        probabilities = torch.softmax(logits / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_probabilities, order = torch.sort(probabilities, descending=True)
+            before = torch.cumsum(sorted_probabilities, dim=-1) - sorted_probabilities
+            outside = before >= sampling.top_p
+            outside[0] = False  # the most likely token always stays
+            sorted_probabilities[outside] = 0.0
+            choice = torch.multinomial(sorted_probabilities, 1, generator=decoder.generator)
+            return int(order[choice])
+        return int(torch.multinomial(probabilities, 1, generator=decoder.generator))
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling) -> AsyncIterator[Delta]:
+        """Stream the completion, one forward pass per step on the worker thread.
+
+        A stream that ends without a finish_reason was aborted; ``stats`` counts it (and a failed
+        request, which raises EngineError) as aborted, like the vLLM engine does."""
+        request = _Request()
+        self._requests[request_id] = request
+        self._running += 1
+        finished = False
+        try:
+            async with self._lock:
+                if self._model is None:
+                    raise EngineError("the transformers engine is not running")
+                self._check_lengths(prompt_token_ids, sampling)
+                decoder = self._new_decoder(sampling)
+                stops = tuple(stop for stop in sampling.stop if stop)
+                emitted = 0  # characters of the decoded completion already sent
+                next_input = list(prompt_token_ids)
+                while not request.aborted:
+                    try:
+                        token, text = await self._on_worker(self._step, decoder, next_input)
+                    except Exception as error:
+                        raise EngineError(f"generation failed: {type(error).__name__}") from None
+                    next_input = [token]
+                    reason, end = self._finish(decoder, token, text, stops)
+                    if reason is None and not text.endswith("\ufffd"):  # hold an incomplete UTF-8 char
+                        end = len(text) - stop_prefix_length(text, stops)
+                    piece = text[emitted:end] if end > emitted else ""
+                    emitted = max(emitted, end)
+                    if reason is not None:
+                        finished = True
+                        yield Delta(piece, len(decoder.ids), reason)
+                        return
+                    if piece:
+                        yield Delta(piece, len(decoder.ids))
+        finally:
+            if self._requests.get(request_id) is request:  # a reused id may belong to a newer request
+                del self._requests[request_id]
+            self._running -= 1
+            if finished:
+                self._finished += 1
+            else:  # aborted, closed early by the caller, cancelled, or failed
+                self._aborted += 1
+
+    def _check_lengths(self, prompt_token_ids: list[int], sampling: Sampling) -> None:
+        if not prompt_token_ids:
+            raise EngineError("the prompt has no tokens")
+        if sampling.max_tokens < 1:
+            raise EngineError("max_tokens must be at least 1")
+        if len(prompt_token_ids) + sampling.max_tokens > self._options.max_model_len:
+            raise EngineError(f"the prompt ({len(prompt_token_ids)} tokens) and max_tokens "
+                              f"({sampling.max_tokens}) exceed max_model_len {self._options.max_model_len}")
+
+    def _finish(self, decoder: _Decoder, token: int, text: str, stops: tuple[str, ...]) -> tuple[str | None, int]:
+        """Whether the completion ends after ``token``, and how much of ``text`` it then shows."""
+        cut = first_stop(text, stops) if stops else -1
+        if cut >= 0:
+            return "stop", cut
+        if token in self._eos:
+            return "stop", len(text)
+        if len(decoder.ids) >= decoder.sampling.max_tokens:
+            return "length", len(text)
+        return None, 0
+
+    # -- control ------------------------------------------------------------------------------
+
+    async def abort(self, request_id: str) -> None:
+        """Mark the request; its loop stops before the next step (a step in flight completes)."""
+        request = self._requests.get(request_id)
+        if request is not None:
+            request.aborted = True
+
+    async def check_health(self) -> None:
+        if self._model is None:
+            raise EngineError("the transformers engine is not running")
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=self._running, finished=self._finished, aborted=self._aborted)
+
+    async def shutdown(self) -> None:
+        """Drop the weights (and the CUDA cache) once any step in flight is done."""
+        for request in self._requests.values():
+            request.aborted = True
+        async with self._lock:
+            self._model = None
+            self._tokenizer = None
+            await self._on_worker(self._free_memory)
+            if self._worker is not None:
+                self._worker.shutdown(wait=False)
+                self._worker = None
+
+    @staticmethod
+    def _free_memory() -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
