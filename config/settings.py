@@ -98,7 +98,9 @@ class Settings(BaseModel):
             if model in owner:
                 problems.append(f"{where}: '{model}' is already served by {owner[model]}")
             owner[model] = server
-            if model not in self.prices:
+            # A third party bills us, so its price is required; an in-house model without a
+            # price is metered at 0 (one YAML entry adds a model).
+            if model not in self.prices and model not in self.in_house_models:
                 problems.append(f"prices: no price for model '{model}'")
         for mode_name, mode in self.modes.items():
             if mode_name in owner:

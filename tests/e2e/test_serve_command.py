@@ -10,6 +10,7 @@ import sys
 import openai
 import pytest
 
+from models.engines import engine_kind
 from serve_app.runtime import free_port, wait_until_ready
 from tests.fakes.upstreams import CREDENTIALS
 
@@ -31,6 +32,8 @@ def test_neuroapi_serve_with_embedded_defaults(tmp_path, fakes):
         assert "openai     on" in banner
         assert "anthropic  off  (set ANTHROPIC_API_KEY to enable)" in banner
         assert "generated development key material" in banner
+        engine = "vllm-cpu" if engine_kind("auto") == "vllm" else "transformers"
+        assert f"smollm2-135m-instruct     served by {engine}" in banner
 
         def cli(*args):
             return subprocess.run([sys.executable, "-m", "serve_app.cli", *args], env=env,
@@ -45,6 +48,9 @@ def test_neuroapi_serve_with_embedded_defaults(tmp_path, fakes):
         assert answer.choices[0].message.content == "Echo: hi "
         stream = client.chat.completions.create(model="fast", stream=True, messages=[{"role": "user", "content": "hi"}])
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Echo: hi "
+        private = client.chat.completions.create(model="private", max_tokens=20, temperature=0, messages=[
+            {"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in private.choices[0].message.content  # the embedded model, for real
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:

@@ -70,6 +70,10 @@ async def test_a_canary_prompt_is_retained_nowhere(gateway, api_key, upstreams, 
             {"model": "gpt-4o-mini", "messages": messages, "stream": True},  # fails mid-stream
             {"model": "gpt-4o-mini", "messages": messages, "tools": [canary]},  # 400
             {"model": canary, "messages": messages},  # 404
+            # The in-house model, on this gateway's own replicas (vLLM here).
+            {"model": "private", "messages": messages, "max_tokens": 8},
+            {"model": "private", "messages": messages, "max_tokens": 8, "stream": True},
+            {"model": "private", "messages": messages, "max_tokens": 100_000},  # 400: over the context
         ]
         upstreams.script("deepseek-chat", Behaviour(), Behaviour(status=503))
         upstreams.script("gpt-4o-mini", Behaviour(), Behaviour(mid_stream_error=True))
@@ -96,7 +100,7 @@ async def test_a_canary_prompt_is_retained_nowhere(gateway, api_key, upstreams, 
                                  content=json.dumps({"model": "fast", "messages": messages, "pad": "x" * 5_000_000}))
         statuses.append(huge.status_code)
         request_ids.append(huge.headers["x-request-id"])
-    assert statuses == [200, 200, 200, 200, 200, 400, 404, 502, 401, 413]
+    assert statuses == [200, 200, 200, 200, 200, 400, 404, 200, 200, 400, 502, 401, 413]
     assert any(canary in json.dumps(r.body) for r in upstreams.requests)  # it did go through
     assert len(await records_for(gateway, request_ids)) == len(request_ids)  # metered, every one
 
