@@ -58,7 +58,7 @@ async def test_in_house_only_reaches_in_house_models_and_nothing_else(client, ga
             assert not any(p in error["message"].lower() for p in ("openai", "anthropic", "deepseek"))
     assert upstreams.requests == []  # nothing was sent anywhere
 
-    answer = await client.post("/v1/chat/completions", json=chat("private"), headers=bearer(key))
+    answer = await client.post("/v1/chat/completions", json={**chat("private"), "max_tokens": 8}, headers=bearer(key))
     assert answer.status_code == 200 and answer.json()["model"] == "smollm2-135m-instruct"
     assert upstreams.requests == []  # served on the gateway's own replicas: nothing left
     listed = (await client.get("/v1/models", headers=bearer(key))).json()["data"]
