@@ -37,6 +37,7 @@ class CallRecord:
     cost_micro_units: int  # cost_units * 1_000_000, exact integer
     request_bytes: int
     response_bytes: int
+    finetune: str = ""  # "<name>@v<version>" when a fine-tune answered (model is then "ft:<name>")
 
     def to_fields(self) -> dict[str, str]:
         """The Redis stream entry (and spill line): every field as text."""
@@ -52,7 +53,7 @@ class CallRecord:
         entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
         values: dict[str, Any] = {}
         for name in _FIELD_NAMES:
-            raw = entry[name]
+            raw = entry.get(name, "") if name in _ADDED_LATER else entry[name]
             raw = raw.decode() if isinstance(raw, bytes) else str(raw)
             if name == "estimated":
                 if raw not in ("0", "1"):
@@ -67,6 +68,7 @@ class CallRecord:
 
 _FIELD_NAMES = tuple(f.name for f in fields(CallRecord))
 _INT_FIELDS = frozenset(f.name for f in fields(CallRecord) if f.type == "int")
+_ADDED_LATER = frozenset({"finetune"})  # absent from spill lines written before it existed
 
 
 def cost_micro_units(price: Price, prompt_tokens: int, completion_tokens: int) -> int:

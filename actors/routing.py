@@ -78,6 +78,14 @@ class RoutingTable:
             return Route(None, (WeightedBackend(self.models[model], 1.0),))
         return Route(model, self._mode(model, param="model"))
 
+    def base_of_finetune(self, model: str, base_model: str) -> Route:
+        """The route of a fine-tune (``model`` = "ft:NAME"): its base model's replicas."""
+        backend = self.models.get(base_model)
+        if backend is None or backend.adapter != ENGINE_ADAPTER:
+            raise GatewayError(404, f"'{model}' is not available on this gateway: its base model "
+                               f"'{base_model}' is not served here.", code="model_not_available", param="model")
+        return Route(None, (WeightedBackend(backend, 1.0),))
+
     def _mode(self, name: str, param: str) -> tuple[WeightedBackend, ...]:
         if name in self.modes:
             return self.modes[name]

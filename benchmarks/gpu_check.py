@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -231,7 +232,8 @@ def gateway_config(folder: Path, path: Path, gpu: bool) -> None:
     """The catalog: only our model (the default SmolLM2 and the mode that uses it are removed)."""
     spec = {"source": str(folder), "engine": "vllm", "max_model_len": MAX_MODEL_LEN, "max_concurrency": MAX_NUM_SEQS,
             "max_queued": 256, "num_gpus": 1 if gpu else 0, "num_cpus": 0 if gpu else 1,
-            "gpu_memory_utilization": GPU_MEMORY_UTILIZATION}
+            "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
+            "max_lora_rank": 0}  # as the engine alone: the comparison is of the gateway, not of LoRA
     catalog = {"in_house_models": {"smollm2-135m-instruct": None, MODEL: spec},
                "modes": {"private": None},
                "prices": {MODEL: {"input": 0, "output": 0}}}
@@ -244,8 +246,9 @@ class Gateway(System):
     name = "neuroapi"
 
     def __init__(self, folder: Path, workdir: Path, gpu: bool):
-        data = workdir / "gateway-data"
-        data.mkdir(parents=True, exist_ok=True)
+        data = workdir / "gateway-data"  # fresh each run: its Redis holds the account and key
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
         config = workdir / "gateway.yaml"
         gateway_config(folder, config, gpu)
         self.port = free_port()
@@ -369,16 +372,33 @@ async def through_gateway(gateway: Gateway, args: argparse.Namespace) -> tuple[s
         await streams.close()
 
 
-def gateway_run(folder: Path, workdir: Path, args: argparse.Namespace, gpu: bool) -> tuple[str, dict[int, Level]]:
+def gateway_run(folder: Path, workdir: Path, args: argparse.Namespace, gpu: bool,
+                startup: dict[str, float]) -> tuple[str, dict[int, Level]]:
+    """Also notes in ``startup`` how long the gateway took to serve, and its memory after the run."""
     started = time.perf_counter()
     gateway = Gateway(folder, workdir, gpu)
     try:
         entry = gateway.ready(args.start_timeout)
-        print(f"gateway: ready on {gateway.base} in {time.perf_counter() - started:.0f}s, "
-              f"{MODEL} engine {entry.get('engine', '?')} (log: {gateway.log})", flush=True)
-        return asyncio.run(through_gateway(gateway, args))
-    except BaseException:
+        startup["gateway_ready_s"] = round(time.perf_counter() - started, 1)
+        engine = f" on {entry['engine']}" if entry.get("engine") else ""
+        print(f"gateway: {MODEL}{engine} listed on {gateway.base} after {startup['gateway_ready_s']:.0f}s "
+              f"(log: {gateway.log})", flush=True)
+        levels = asyncio.run(through_gateway(gateway, args))
+        try:
+            from benchmarks.processes import measure
+
+            rss, uss, _ = measure(gateway.process.pid)
+            startup["gateway_rss_mb"], startup["gateway_uss_mb"] = rss >> 20, uss >> 20
+        except ImportError:  # psutil comes with the bench extra
+            pass
+        return levels
+    except BaseException as error:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a dying gateway answers 500 a while
+            gateway.process.wait(timeout=10)
         print(f"gateway log ({gateway.log}), last lines:\n{gateway.log_tail()}", file=sys.stderr, flush=True)
+        if isinstance(error, Exception) and gateway.process.poll() is not None:
+            raise RuntimeError(f"the gateway process exited with {gateway.process.returncode} "
+                               f"(then: {type(error).__name__}: {error})") from error
         raise
     finally:
         gateway.stop()
@@ -400,8 +420,9 @@ def device_name(gpu: bool) -> str:
 
 
 def table(result: dict) -> str:
+    served = f" (through NeuroAPI: {result['gateway_engine']})" if result.get("gateway_engine") else ""
     lines = [f"**{result['device']}** · shape {result['shape']} · vLLM {result['vllm']} · engine "
-             f"{result['engine']} · max_tokens {result['max_tokens']}", "",
+             f"{result['engine']}{served} · max_tokens {result['max_tokens']}", "",
              "| concurrency | engine alone tok/s | through NeuroAPI tok/s | ratio | TTFT p50 engine "
              "| TTFT p50 NeuroAPI |",
              "|---:|---:|---:|---:|---:|---:|"]
@@ -414,6 +435,9 @@ def table(result: dict) -> str:
             f"| {gateway['tokens_per_s'] if gateway else '—'} | {ratio} "
             f"| {fmt_ms(engine['ttft_p50_s']) if engine else '—'} "
             f"| {fmt_ms(gateway['ttft_p50_s']) if gateway else '—'} |")
+    startup = result.get("startup") or {}
+    if startup:
+        lines += ["", "start-up and memory: " + ", ".join(f"{k} {v}" for k, v in startup.items())]
     return "\n".join(lines)
 
 
@@ -438,6 +462,9 @@ def arguments(gpu: bool) -> argparse.Namespace:
                                                  "a GPU, <workdir>/gpu_check.json on a CPU)")
     parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the gateway to serve")
     parser.add_argument("--cpu-kv-cache-gib", type=float, default=1.0, help="KV cache of the CPU engine alone")
+    parser.add_argument("--model-folder", type=Path,
+                        help="serve this model folder instead of building a random-weight one "
+                             "(e.g. the embedded default in ~/.cache/neuroapi/models/smollm2-135m-instruct)")
     parser.add_argument("--skip-engine", action="store_true", help="only through the gateway")
     parser.add_argument("--skip-gateway", action="store_true", help="only the engine alone")
     args = parser.parse_args()
@@ -457,21 +484,31 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="neuroapi-gpu-check-"))
     workdir.mkdir(parents=True, exist_ok=True)
     out = args.out or (RESULTS / "gpu_check.json" if gpu else workdir / "gpu_check.json")
-    folder = build_model(args.shape, workdir / f"model-{args.shape}")
+    shape_config = SHAPES[args.shape] if args.model_folder is None else json.loads(
+        (args.model_folder / "config.json").read_text())
+    folder = args.model_folder or build_model(args.shape, workdir / f"model-{args.shape}")
+    if args.model_folder:
+        args.shape = args.model_folder.name
     result: dict[str, Any] = {
-        "shape": args.shape, "shape_config": SHAPES[args.shape], "vllm": vllm.__version__,
+        "shape": args.shape, "shape_config": shape_config, "vllm": vllm.__version__,
         "engine": "vllm-gpu" if gpu else "vllm-cpu", "max_tokens": args.max_tokens, "rounds": args.rounds,
         "concurrency": args.concurrency, "max_model_len": MAX_MODEL_LEN, "engine_alone": {}, "gateway": {},
+        "startup": {},
     }
     failed = False
     if not args.skip_engine:
-        result["engine"], levels = asyncio.run(engine_alone(folder, args))
-        result["engine_alone"] = {str(c): asdict(level) for c, level in levels.items()}
+        try:
+            result["engine"], levels = asyncio.run(engine_alone(folder, args))
+            result["engine_alone"] = {str(c): asdict(level) for c, level in levels.items()}
+        except Exception as error:  # still try the gateway
+            failed = True
+            result["engine_error"] = f"{type(error).__name__}: {error}"
+            print(f"engine run failed: {result['engine_error']}", file=sys.stderr, flush=True)
         if gpu:
             wait_for_free_gpu()
     if not args.skip_gateway:
         try:
-            fingerprint, levels = gateway_run(folder, workdir, args, gpu)
+            fingerprint, levels = gateway_run(folder, workdir, args, gpu, result["startup"])
             result["gateway"] = {str(c): asdict(level) for c, level in levels.items()}
             result["gateway_engine"] = fingerprint
         except Exception as error:  # still report the engine's numbers

@@ -70,6 +70,10 @@ class InHouseModelSpec(_Strict):
     max_concurrency: int = Field(default=16, ge=1)
     max_queued: int = Field(default=64, ge=0)
     enforce_eager: bool = True
+    # LoRA fine-tunes (finetunes/): the largest adapter rank the replicas accept (0 = no
+    # fine-tunes) and how many stay resident per replica.
+    max_lora_rank: int = Field(default=16, ge=0, le=512)
+    max_loras: int = Field(default=4, ge=1, le=64)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to vLLM's engine as is
 
 

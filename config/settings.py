@@ -72,6 +72,10 @@ class Settings(BaseModel):
     in_house: bool = True
     # Where the embedded default model is converted to, once (None = <cache dir>/neuroapi/models).
     model_cache_dir: Path | None = None
+    # Fine-tune artifacts (finetunes/): copied here on deploy, loaded from here by every replica
+    # (a shared filesystem in a cluster). None = <data_dir>/finetunes.
+    finetune_store_dir: Path | None = None
+    finetune_max_bytes: int = Field(default=2 << 30, ge=1 << 20)
     providers: dict[str, ProviderSpec]
     in_house_models: dict[str, InHouseModelSpec] = Field(default_factory=dict)
     modes: dict[str, ModeSpec]
@@ -118,6 +122,10 @@ class Settings(BaseModel):
     @property
     def metering_spill_dir(self) -> Path:
         return self.data_dir / "metering-spill"
+
+    @property
+    def finetune_store(self) -> Path:
+        return self.finetune_store_dir or self.data_dir / "finetunes"
 
     @property
     def models_dir(self) -> Path:
@@ -169,6 +177,7 @@ def _environment_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> d
         ("metering", "NEUROAPI_METERING"),
         ("in_house", "NEUROAPI_IN_HOUSE_MODELS"),
         ("model_cache_dir", "NEUROAPI_MODEL_CACHE_DIR"),
+        ("finetune_store_dir", "NEUROAPI_FINETUNE_STORE"),
     ):
         if environ.get(variable):
             overrides[field] = environ[variable]

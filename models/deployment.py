@@ -8,24 +8,30 @@ ingress turns into 503 + Retry-After."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
+from actors.errors import GatewayError
 from actors.providers.base import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
 from config import logs
 from config.catalog import InHouseModelSpec, Price
-from models.engine import EngineStats
+from models.engine import Adapter, EngineError, EngineStats
 from models.engines import build_engine
 from models.model_server import ModelServer
 from models.model_source import offline_environment
 
+logger = logging.getLogger("neuroapi.models")
+
 
 def options_for(name: str, spec: InHouseModelSpec) -> dict[str, Any]:
     """``Deployment.options`` for a catalog entry."""
-    gpus = max(spec.num_gpus, spec.tensor_parallel_size) if spec.num_gpus else 0
+    # Tensor parallelism needs a whole GPU per rank; one rank may share a GPU (num_gpus 0.5).
+    gpus = max(spec.num_gpus, spec.tensor_parallel_size) if spec.num_gpus and spec.tensor_parallel_size > 1 \
+        else spec.num_gpus
     options: dict[str, Any] = {
         "name": f"Model-{name}",
         "max_ongoing_requests": spec.max_concurrency,
@@ -44,7 +50,7 @@ def options_for(name: str, spec: InHouseModelSpec) -> dict[str, Any]:
 
 @serve.deployment
 class InHouseModel:
-    async def __init__(self, name: str, spec: InHouseModelSpec, model_path: str, price: Price | None):
+    async def __init__(self, name: str, spec: InHouseModelSpec, model_path: str, prices: dict[str, Price]):
         logs.install(in_replica=True)
         offline_environment()
         from transformers import AutoTokenizer
@@ -52,14 +58,47 @@ class InHouseModel:
         engine = build_engine(spec, Path(model_path))
         await engine.start()
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        self._server = ModelServer(name, spec, engine, tokenizer, price)
+        self._server = ModelServer(name, spec, engine, tokenizer, prices)
+        # Fine-tunes: Serve's multiplexing keeps at most max_loras adapter ids per replica (LRU,
+        # as the engine does) and routes an adapter's calls to replicas that already hold it.
+        self._wanted: dict[str, Adapter] = {}
+        async def load(key: str) -> Adapter:  # a plain function: Serve keeps its LRU on it
+            return await self._load_adapter(key)
+
+        self._resident = serve.multiplexed(max_num_models_per_replica=spec.max_loras)(load)
+
+    async def _load_adapter(self, key: str) -> Adapter:
+        adapter = self._wanted.pop(key)
+        await self._server.engine.load_adapter(adapter)
+        return adapter
+
+    async def _ready(self, call: UpstreamCall) -> None:
+        """The call's adapter loaded on this replica (a no-op once it is resident)."""
+        if call.adapter is not None:
+            self._wanted[call.adapter.key] = call.adapter
+            await self._resident(call.adapter.key)
+            self._wanted.pop(call.adapter.key, None)
 
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
-        return await self._server.complete(call)
+        failure = await self._adapter_failure(call)
+        return failure or await self._server.complete(call)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
+        failure = await self._adapter_failure(call)
+        if failure is not None:
+            yield failure
+            return
         async for item in self._server.stream(call):
             yield item
+
+    async def _adapter_failure(self, call: UpstreamCall) -> UpstreamFailure | None:
+        try:
+            await self._ready(call)
+        except EngineError as error:
+            logger.warning("model %s could not load adapter %s: %s", self._server.name, call.adapter.key, error)
+            return UpstreamFailure(GatewayError(502, "The fine-tune could not be loaded on the in-house model.",
+                                                "server_error", "finetune_unavailable"), retriable=False, upstream_ms=0.0)
+        return None
 
     async def engine_name(self) -> str:
         return self._server.engine.name

@@ -3,10 +3,14 @@
 The model deployment (``models.deployment``) owns the tokenizer and the chat template, so an
 engine sees token ids in and streams text deltas out; everything about OpenAI's wire format
 stays in ``models.openai_format``. An engine counts what it did (``EngineStats``) so a test or
-an operator can see that a request the caller abandoned was really aborted in the engine."""
+an operator can see that a request the caller abandoned was really aborted in the engine.
+
+A request may name a LoRA fine-tune (``Adapter``): the engine applies it to that request only,
+on the same base weights, and keeps up to ``EngineOptions.max_loras`` of them resident."""
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +28,18 @@ class Sampling:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """A LoRA fine-tune to apply to one request: ``key`` names one version (e.g. "support-bot@v3").
+
+    A key is the adapter's identity: an engine that has it resident does not read ``path`` again,
+    so a new version of the weights needs a new key."""
+
+    key: str
+    path: Path
+    price_name: str = ""  # the catalog name its calls are priced under ("ft:NAME"; else the base's price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +71,47 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_gib: float = 1.0
     enforce_eager: bool = True
+    # LoRA fine-tunes: the largest adapter rank accepted (0 = LoRA off) and how many adapters
+    # stay resident per replica (the least recently used one is evicted beyond that).
+    max_lora_rank: int = 0
+    max_loras: int = 4
     extra: dict = field(default_factory=dict)  # passed to the engine as is (engine_kwargs)
 
 
 class EngineError(RuntimeError):
     """The engine failed a request or is unhealthy; the message holds no prompt text."""
+
+
+LORA_OFF = "this model's replicas were started without LoRA (max_lora_rank 0)"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter(adapter: Adapter, max_lora_rank: int) -> dict:
+    """The adapter's ``adapter_config.json``, once it is known to be a LoRA adapter this engine
+    can load: a local folder with safetensors weights and a rank of at most ``max_lora_rank``."""
+    if max_lora_rank <= 0:
+        raise EngineError(LORA_OFF)
+    path = Path(adapter.path)
+    config_file, weights = path / "adapter_config.json", path / ADAPTER_WEIGHTS
+    if not config_file.is_file():
+        raise EngineError(f"adapter {adapter.key}: no adapter_config.json in {path}")
+    if not weights.is_file():
+        raise EngineError(f"adapter {adapter.key}: no {ADAPTER_WEIGHTS} in {path} (only safetensors weights load)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as error:
+        raise EngineError(f"adapter {adapter.key}: unreadable adapter_config.json ({type(error).__name__})") from None
+    if not isinstance(config, dict) or str(config.get("peft_type", "")).upper() != "LORA":
+        raise EngineError(f"adapter {adapter.key} is not a LoRA adapter (peft_type "
+                          f"{config.get('peft_type') if isinstance(config, dict) else None!r})")
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise EngineError(f"adapter {adapter.key}: adapter_config.json has no valid rank r")
+    ranks = [rank, *(r for r in (config.get("rank_pattern") or {}).values() if isinstance(r, int))]
+    if max(ranks) > max_lora_rank:
+        raise EngineError(f"adapter {adapter.key} has rank {max(ranks)}, above this model's "
+                          f"max_lora_rank {max_lora_rank}")
+    return config
 
 
 class Engine(ABC):
@@ -72,8 +124,10 @@ class Engine(ABC):
         """Load the weights; raises EngineError if the model cannot run here."""
 
     @abstractmethod
-    def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling) -> AsyncIterator[Delta]:
-        """Stream the completion. Closing the iterator early aborts the request in the engine."""
+    def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
+                 adapter: Adapter | None = None) -> AsyncIterator[Delta]:
+        """Stream the completion (with ``adapter`` applied: loaded first if it is not resident).
+        Closing the iterator early aborts the request in the engine."""
 
     @abstractmethod
     async def abort(self, request_id: str) -> None:
@@ -85,6 +139,19 @@ class Engine(ABC):
 
     @abstractmethod
     def stats(self) -> EngineStats: ...
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        """Make the adapter resident, ready for requests (evicting the least recently used one
+        beyond ``max_loras``); raises EngineError if it cannot load."""
+        raise EngineError(f"the {self.name} engine does not serve LoRA fine-tunes")
+
+    async def unload_adapter(self, key: str) -> None:
+        """Drop a resident adapter (idempotent; unknown keys are ignored)."""
+        return None
+
+    def resident_adapters(self) -> list[str]:
+        """Keys of the resident adapters, least recently used first."""
+        return []
 
     @abstractmethod
     async def shutdown(self) -> None:

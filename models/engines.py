@@ -29,7 +29,8 @@ def engine_options(spec: InHouseModelSpec, model_path: Path) -> EngineOptions:
         model_path=model_path, max_model_len=spec.max_model_len, max_num_seqs=spec.max_concurrency,
         dtype=spec.dtype, tensor_parallel_size=spec.tensor_parallel_size,
         gpu_memory_utilization=spec.gpu_memory_utilization, cpu_kv_cache_gib=spec.cpu_kv_cache_gib,
-        enforce_eager=spec.enforce_eager, extra=dict(spec.engine_kwargs),
+        enforce_eager=spec.enforce_eager, max_lora_rank=spec.max_lora_rank, max_loras=spec.max_loras,
+        extra=dict(spec.engine_kwargs),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from actors.errors import GatewayError
 from actors.metering import cost_micro_units, cost_units_text
@@ -17,7 +17,7 @@ from actors.providers.base import Completion, StreamEnd, StreamStart, UpstreamCa
 from actors.routing import IN_HOUSE_PROVIDER
 from config.catalog import InHouseModelSpec, Price
 from models import openai_format as wire
-from models.engine import Delta, Engine, EngineError, Sampling
+from models.engine import Adapter, Delta, Engine, EngineError, Sampling
 
 logger = logging.getLogger("neuroapi.models")
 
@@ -33,10 +33,11 @@ def engine_failure(started: float) -> UpstreamFailure:
 
 class ModelServer:
     def __init__(self, name: str, spec: InHouseModelSpec, engine: Engine, tokenizer: wire.ChatTokenizer,
-                 price: Price | None):
+                 prices: Mapping[str, Price]):
+        """``prices``: this model's, and fine-tunes' ("ft:NAME") that differ from it."""
         self.name, self.spec, self.engine = name, spec, engine
         self._tokenizer = tokenizer
-        self._price = price
+        self._prices = dict(prices)
 
     def _refused(self, call: UpstreamCall) -> UpstreamFailure | None:
         if call.scope.allows(IN_HOUSE_PROVIDER, True):
@@ -51,14 +52,15 @@ class ModelServer:
         return ids, wire.sampling_for(call.body, self.name, len(ids), self.spec.max_model_len,
                                       self.spec.default_max_tokens)
 
-    def _cost(self, usage: Usage) -> str:
-        if self._price is None:
+    def _cost(self, usage: Usage, adapter: Adapter | None) -> str:
+        price = (adapter and self._prices.get(adapter.price_name)) or self._prices.get(self.name)
+        if price is None:
             return "0"
-        return cost_units_text(cost_micro_units(self._price, usage.prompt_tokens, usage.completion_tokens))
+        return cost_units_text(cost_micro_units(price, usage.prompt_tokens, usage.completion_tokens))
 
-    def _generate(self, ids: list[int], sampling: Sampling) -> AsyncIterator[Delta]:
+    def _generate(self, ids: list[int], sampling: Sampling, adapter: Adapter | None) -> AsyncIterator[Delta]:
         # Unique per attempt: the engine rejects a request id it already holds.
-        return self.engine.generate(uuid.uuid4().hex, ids, sampling)
+        return self.engine.generate(uuid.uuid4().hex, ids, sampling, adapter)
 
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
         started = time.perf_counter()
@@ -73,13 +75,13 @@ class ModelServer:
         text: list[str] = []
         last = Delta("", 0)
         try:
-            async for last in self._generate(ids, sampling):
+            async for last in self._generate(ids, sampling, call.adapter):
                 text.append(last.text)
         except EngineError as error:
             logger.warning("model %s failed a request: %s", self.name, error)
             return engine_failure(started)
         usage = Usage(len(ids), last.completion_tokens)
-        body = wire.completion(header, "".join(text), last.finish_reason or "stop", usage, self._cost(usage))
+        body = wire.completion(header, "".join(text), last.finish_reason or "stop", usage, self._cost(usage, call.adapter))
         return Completion(body, usage, _elapsed_ms(started))
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
@@ -95,7 +97,7 @@ class ModelServer:
             yield UpstreamFailure(error, retriable=False, upstream_ms=0.0)
             return
         header = wire.AnswerHeader.new(call.request_id, self.name, self.engine.name)
-        deltas = self._generate(ids, sampling)
+        deltas = self._generate(ids, sampling, call.adapter)
         sent_first, last = False, Delta("", 0)
         try:
             async for last in deltas:
@@ -121,5 +123,5 @@ class ModelServer:
                               + wire.chunk(header, {}, "stop"))
         usage = Usage(len(ids), last.completion_tokens)
         if call.client_wants_usage:
-            yield wire.usage_chunk(header, usage, self._cost(usage))
+            yield wire.usage_chunk(header, usage, self._cost(usage, call.adapter))
         yield StreamEnd(usage)

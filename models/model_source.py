@@ -44,7 +44,7 @@ def check_folder(folder: Path) -> None:
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if not folder.is_dir() or missing:
         raise ModelSourceError(
-            f"{folder} is not a model folder (missing: {', '.join(missing) or 'the folder'}); "
+            f"{folder} is not a model folder (missing: {', '.join(missing) if folder.is_dir() else 'the folder'}); "
             "point the catalog's 'source' at a folder with config.json, safetensors weights and a tokenizer")
     if not any(folder.glob("*.safetensors")):
         raise ModelSourceError(f"{folder} has no *.safetensors weights (pickled weights are not loaded)")

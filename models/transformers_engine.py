@@ -5,17 +5,32 @@ It serves one request at a time (an ``asyncio.Lock``) with a hand-written decode
 of the prompt, then one token per step with the model's KV cache. Batching many requests
 together is vLLM's job; this engine only has to be correct and keep the event loop free, so
 every forward pass runs on one dedicated worker thread. Nothing is downloaded: the model is a
-folder on disk, loaded with ``local_files_only`` and the hub switched off."""
+folder on disk, loaded with ``local_files_only`` and the hub switched off.
+
+LoRA fine-tunes go through PEFT: the first adapter wraps the model in a ``PeftModel``, later ones
+are added to it, at most ``max_loras`` stay (least recently used deleted). As requests run one at
+a time, each request first switches the model to its adapter, or switches adapters off."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from models.engine import Delta, Engine, EngineError, EngineOptions, EngineStats, Sampling
+from models.engine import (
+    LORA_OFF,
+    Adapter,
+    Delta,
+    Engine,
+    EngineError,
+    EngineOptions,
+    EngineStats,
+    Sampling,
+    check_adapter,
+)
 from models.model_source import offline_environment
 
 T = TypeVar("T")
@@ -77,6 +92,12 @@ class TransformersEngine(Engine):
         self._running = 0
         self._finished = 0
         self._aborted = 0
+        # LoRA: the PeftModel once an adapter was loaded (then also ``_model``), and the resident
+        # adapters, least recently used first: key -> PEFT adapter name. PEFT's names are our own
+        # ("lora1", ...), as a key may hold characters (".") a module name cannot.
+        self._peft: Any = None
+        self._adapters: OrderedDict[str, str] = OrderedDict()
+        self._adapter_count = 0
 
     async def _on_worker(self, function: Callable[..., T], *arguments: Any) -> T:
         if self._worker is None:
@@ -133,6 +154,91 @@ class TransformersEngine(Engine):
             raise EngineError(f"{self._options.model_path.name} names no end-of-sequence token")
         return frozenset(ids)
 
+    def _reload_base(self) -> None:
+        """A fresh copy of the base weights, when a failed first adapter left PEFT layers in them."""
+        self._model = self._peft = None
+        self._adapters.clear()
+        self._free_memory()
+        self._load()
+
+    # -- LoRA adapters ------------------------------------------------------------------------
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        async with self._lock:
+            await self._ensure_adapter(adapter)
+
+    async def _ensure_adapter(self, adapter: Adapter) -> str:
+        """The adapter's PEFT name, loading it first if it is not resident (the lock is held)."""
+        if self._model is None:
+            raise EngineError("the transformers engine is not running")
+        name = self._adapters.get(adapter.key)
+        if name is not None:
+            self._adapters.move_to_end(adapter.key)
+            return name
+        check_adapter(adapter, self._options.max_lora_rank)
+        self._adapter_count += 1
+        name = f"lora{self._adapter_count}"
+        try:
+            await self._on_worker(self._load_adapter, adapter, name)
+        except Exception as error:
+            raise EngineError(f"adapter {adapter.key} did not load: {type(error).__name__}: {error}") from None
+        self._adapters[adapter.key] = name
+        while len(self._adapters) > self._options.max_loras:
+            _, evicted = self._adapters.popitem(last=False)
+            await self._on_worker(self._peft.delete_adapter, evicted)
+        return name
+
+    def _load_adapter(self, adapter: Adapter, name: str) -> None:
+        offline_environment()
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        path = str(adapter.path)
+        if self._peft is not None:
+            try:
+                self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
+            except BaseException:
+                if name in self._peft.peft_config:  # PEFT added its layers before the weights failed
+                    self._peft.delete_adapter(name)
+                raise
+            return
+        base = self._model
+        try:
+            peft = PeftModel.from_pretrained(base, path, adapter_name=name, is_trainable=False)
+        except BaseException:
+            # from_pretrained puts LoRA layers into the base model before it loads the weights.
+            if any(isinstance(module, BaseTunerLayer) for module in base.modules()):
+                self._reload_base()
+            raise
+        peft.eval()
+        self._peft = self._model = peft
+
+    def _activate(self, name: str | None) -> None:
+        """The model as one request needs it: one adapter on, or (``None``) the base model."""
+        if self._peft is None:
+            return
+        if name is None:
+            self._peft.base_model.disable_adapter_layers()
+        else:
+            self._peft.set_adapter(name, inference_mode=True)
+            self._peft.base_model.enable_adapter_layers()
+
+    async def unload_adapter(self, key: str) -> None:
+        async with self._lock:
+            name = self._adapters.pop(key, None)
+            if name is not None and self._peft is not None:
+                await self._on_worker(self._delete_adapter, name)
+
+    def _delete_adapter(self, name: str) -> None:
+        if self._adapters:
+            self._peft.delete_adapter(name)
+        else:  # PEFT cannot run without an adapter: back to the plain model
+            self._model = self._peft.base_model.unload()
+            self._peft = None
+
+    def resident_adapters(self) -> list[str]:
+        return list(self._adapters)
+
     # -- the decode loop --------------------------------------------------------------------
 
     def _new_decoder(self, sampling: Sampling) -> _Decoder:
@@ -186,8 +292,10 @@ class TransformersEngine(Engine):
             return int(order[choice])
         return int(torch.multinomial(probabilities, 1, generator=decoder.generator))
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling) -> AsyncIterator[Delta]:
-        """Stream the completion, one forward pass per step on the worker thread.
+    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
+                       adapter: Adapter | None = None) -> AsyncIterator[Delta]:
+        """Stream the completion, one forward pass per step on the worker thread (with the
+        adapter on: loaded first if it is not resident).
 
         A stream that ends without a finish_reason was aborted; ``stats`` counts it (and a failed
         request, which raises EngineError) as aborted, like the vLLM engine does."""
@@ -196,10 +304,15 @@ class TransformersEngine(Engine):
         self._running += 1
         finished = False
         try:
+            if adapter is not None and self._options.max_lora_rank <= 0:
+                raise EngineError(LORA_OFF)
             async with self._lock:
                 if self._model is None:
                     raise EngineError("the transformers engine is not running")
                 self._check_lengths(prompt_token_ids, sampling)
+                name = await self._ensure_adapter(adapter) if adapter is not None else None
+                if self._peft is not None:
+                    await self._on_worker(self._activate, name)
                 decoder = self._new_decoder(sampling)
                 stops = tuple(stop for stop in sampling.stop if stop)
                 emitted = 0  # characters of the decoded completion already sent
@@ -270,8 +383,9 @@ class TransformersEngine(Engine):
         for request in self._requests.values():
             request.aborted = True
         async with self._lock:
-            self._model = None
+            self._model = self._peft = None
             self._tokenizer = None
+            self._adapters.clear()
             await self._on_worker(self._free_memory)
             if self._worker is not None:
                 self._worker.shutdown(wait=False)

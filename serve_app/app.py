@@ -20,10 +20,16 @@ from actors.key_verifier import KeyVerifier
 from actors.metadata_batcher import MetadataBatcher
 from actors.mode_router import ModeRouter
 from actors.provider_proxy import ProviderProxy
+from config.catalog import Price
 from config.settings import Settings
 from models.deployment import InHouseModel, options_for
 from models.model_source import resolve
 from serve_app.ingress import Ingress
+
+
+def prices_of(settings: Settings, model: str) -> dict[str, Price]:
+    """An in-house model's price and the fine-tune prices ("ft:NAME") a replica may need."""
+    return {name: price for name, price in settings.prices.items() if name == model or name.startswith("ft:")}
 
 
 def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | None = None) -> Application:
@@ -38,7 +44,7 @@ def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | N
     }
     models = {
         f"Model-{name}": InHouseModel.options(**options_for(name, spec)).bind(
-            name, spec, str(resolve(spec.source, settings.models_dir)), settings.prices.get(name))
+            name, spec, str(resolve(spec.source, settings.models_dir)), prices_of(settings, name))
         for name, spec in settings.served_in_house().items()
     }
     batcher = MetadataBatcher.bind(settings, redis_url) if settings.metering else None

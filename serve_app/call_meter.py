@@ -30,6 +30,8 @@ class CallMeter:
     backend: str = ""
     model: str = ""
     request_bytes: int = 0
+    finetune: str = ""  # "<name>@v<version>"
+    price: Price | None = None  # set for a fine-tune: its own, or its base model's
 
     @classmethod
     def start(cls, request_id: str, declared_bytes: str | None) -> CallMeter:
@@ -39,13 +41,13 @@ class CallMeter:
     def finish(self, status: int, response_bytes: int, usage: Usage | None, estimated: bool,
                prices: Mapping[str, Price]) -> CallRecord:
         prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-        price = prices.get(self.model)
+        price = self.price or prices.get(self.model)
         return CallRecord(
             request_id=self.request_id, timestamp_ms=self.timestamp_ms, key_prefix=self.key_prefix,
             account_id=self.account_id, status=status, mode=self.mode, backend=self.backend, model=self.model,
             prompt_tokens=prompt, completion_tokens=completion, estimated=estimated,
             cost_micro_units=cost_micro_units(price, prompt, completion) if price else 0,
-            request_bytes=self.request_bytes, response_bytes=response_bytes,
+            request_bytes=self.request_bytes, response_bytes=response_bytes, finetune=self.finetune,
         )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from actors.errors import GatewayError
@@ -95,7 +95,7 @@ def _note(backend: Backend, failure: UpstreamFailure) -> None:
 
 
 def _for(call: UpstreamCall, backend: Backend) -> UpstreamCall:
-    return UpstreamCall(call.request_id, backend.model, call.body, call.client_wants_usage, call.scope)
+    return replace(call, model=backend.model)
 
 
 def error_event(error: GatewayError) -> bytes:

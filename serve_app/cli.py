@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from redis.asyncio import Redis
 
@@ -28,6 +29,8 @@ from actors.usage_store import UsageStore
 from config import logs
 from config.secrets import load_key_material
 from config.settings import ConfigError, Settings, load_settings
+from finetunes.registry import FineTune, RegistryError
+from finetunes.service import DeployError, FineTuneService
 from serve_app.local_redis import LocalRedis, LocalRedisError
 from serve_app.usage_report import previous_month, usage_view
 
@@ -134,6 +137,37 @@ async def _usage(redis: Redis, settings: Settings, email: str, month: str | None
     return 0
 
 
+def _finetune_line(ft: FineTune) -> str:
+    owner = ft.owner_account or "public"
+    return f"{ft.name}\tv{ft.version}\t{ft.state}\tbase={ft.base_model}\trank={ft.rank}\towner={owner}\t{ft.digest}"
+
+
+async def _finetunes(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
+    service = FineTuneService(settings, redis)
+    actor = f"cli:{getpass.getuser()}"
+    if args.action == "deploy":
+        started = time.monotonic()
+        try:
+            live = await service.deploy(Path(args.path), args.base, args.name, args.account, actor, progress=True)
+        except DeployError as error:
+            say(f"neuroapi: not deployed: {error}" + (f" ({error.where})" if error.where else ""))
+            return 1
+        say(f"deployed {live.key} on {live.base_model} in {time.monotonic() - started:.1f}s; "
+            f"live for the next request as model 'ft:{live.name}'")
+        print(_finetune_line(live))
+    elif args.action == "list":
+        for name, live in await service.listing():
+            print(_finetune_line(live) if live else f"{name}\t-\tretired")
+    elif args.action == "show":
+        for version in await service.show(args.name):
+            print(_finetune_line(version))
+    else:
+        changed = await (service.rollback if args.action == "rollback" else service.retire)(args.name, actor)
+        say(f"{args.action}: {changed.key} is now {changed.state}")
+        print(_finetune_line(changed))
+    return 0
+
+
 def _key_store(redis: Redis, settings: Settings) -> KeyStore:
     material, generated = load_key_material(settings, create=True)
     if generated:
@@ -214,6 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("email")
     usage.add_argument("--month", help="YYYY-MM")
 
+    finetunes = commands.add_parser("finetunes", help="LoRA fine-tunes on the in-house models").add_subparsers(
+        dest="action", required=True)
+    deploy = finetunes.add_parser("deploy", parents=[common],
+                                  help="validate a PEFT LoRA folder, store it, make it live as ft:NAME")
+    deploy.add_argument("path")
+    deploy.add_argument("--base", required=True, help="the in-house catalog model it was trained on")
+    deploy.add_argument("--name", required=True)
+    deploy.add_argument("--account", metavar="EMAIL", help="callable only by this account's keys")
+    finetunes.add_parser("list", parents=[common], help="every fine-tune and its live version")
+    for action, what in (("show", "every version of a fine-tune"),
+                         ("rollback", "make the previous version live again"),
+                         ("retire", "stop serving it (404 from the next request)")):
+        finetunes.add_parser(action, parents=[common], help=what).add_argument("name")
+
     rotations = commands.add_parser("secrets", help="rotate key material").add_subparsers(dest="action", required=True)
     for kind, what in (("envelope", "re-encrypt every key record under a new envelope key"),
                        ("pepper", "re-hash every key record under a new pepper")):
@@ -237,12 +285,15 @@ def main(argv: list[str] | None = None) -> int:
             ("keys", "create"): lambda redis: _keys_create(redis, settings, args.email, args.name),
             ("keys", "list"): lambda redis: _keys_list(redis, settings, args.email),
             ("keys", "revoke"): lambda redis: _keys_revoke(redis, settings, args.prefix),
+            **{("finetunes", a): (lambda redis: _finetunes(redis, settings, args))
+               for a in ("deploy", "list", "show", "rollback", "retire")},
             ("secrets", "rotate-envelope"): lambda redis: _secrets_rotate(redis, settings, "envelope", args.resume),
             ("secrets", "rotate-pepper"): lambda redis: _secrets_rotate(redis, settings, "pepper", args.resume),
         }[(args.command, getattr(args, "action", None))]
         with redis_url_for(settings) as url:
             return asyncio.run(_run(url, action))
-    except (ConfigError, LocalRedisError, AccountError, LookupError, InvalidationTimeout, ScopeError) as error:
+    except (ConfigError, LocalRedisError, AccountError, LookupError, InvalidationTimeout, ScopeError,
+            RegistryError) as error:
         say(f"neuroapi: {error}")
         return 2
 

@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,20 +34,24 @@ from actors.key_store import KEYS_TOPIC, VerifiedKey
 from actors.metering import CallRecord, cost_units_text, current_month
 from actors.providers.base import Completion, UpstreamCall, UpstreamFailure
 from actors.redis_conn import connect
-from actors.routing import Backend, RoutingTable, attempt_order
+from actors.routing import Backend, Route, RoutingTable, attempt_order
 from actors.scopes import ACCOUNT_TOPIC, Scope
 from actors.sessions import TOKEN_TAG as SESSION_TOKEN_TAG
 from actors.sessions import Session
 from actors.usage_store import UsageStore
 from config import logs
 from config.settings import Settings
+from finetunes.registry import FINETUNES_TOPIC, FineTuneRegistry, RegistryError
+from finetunes.service import DeployError, FineTuneService
+from models.engine import Adapter
 from serve_app.auth_guard import BLOCKS_TOPIC, FailedAuthGuard
 from serve_app.call_meter import CallMeter, completion_text, estimated_usage, prompt_text, streamed_text
 from serve_app.chat import Outcome, StreamItem, complete_chat, open_chat_stream
 from serve_app.client_address import parse_networks
+from serve_app.finetune_resolver import FineTuneResolver, is_finetune
 from serve_app.key_cache import VerifiedKeyCache, fingerprint
 from serve_app.record_shipper import RecordShipper
-from serve_app.schemas import Credentials, NewKey, ScopeChange, parse_body, parse_chat_request
+from serve_app.schemas import Credentials, FineTuneDeploy, NewKey, ScopeChange, parse_body, parse_chat_request
 from serve_app.usage_report import previous_month, usage_view
 
 logger = logging.getLogger("neuroapi.ingress")
@@ -129,6 +134,13 @@ def raise_if_error(result):
     return result
 
 
+def finetune_fields(finetune) -> dict:
+    return {"object": "finetune", "name": finetune.name, "version": finetune.version, "state": finetune.state,
+            "base_model": finetune.base_model, "model": f"ft:{finetune.name}", "digest": finetune.digest,
+            "rank": finetune.rank, "owner_account": finetune.owner_account, "deployed_by": finetune.deployed_by,
+            "deployed_at_ms": finetune.deployed_at_ms}
+
+
 def key_fields(info) -> dict:
     """A key's public description: never the secret, its hash or its ciphertext."""
     return {"prefix": info.prefix, "name": info.name, "status": info.status,
@@ -148,17 +160,25 @@ class RayBackends:
     in-house models, by deployment name (``Backend.deployment``)."""
 
     def __init__(self, deployments: dict[str, DeploymentHandle]):
+        self._handles = deployments
         self._complete = {name: h.complete for name, h in deployments.items()}
         self._stream = {name: h.options(stream=True).stream for name, h in deployments.items()}
 
+    def _method(self, backend: Backend, call: UpstreamCall, stream: bool):
+        if call.adapter is None:
+            return (self._stream if stream else self._complete)[backend.deployment]
+        # Serve's multiplexing sends a fine-tune to the replicas that already hold its adapter.
+        handle = self._handles[backend.deployment].options(stream=stream, multiplexed_model_id=call.adapter.key)
+        return handle.stream if stream else handle.complete
+
     async def complete(self, backend: Backend, call: UpstreamCall) -> Completion | UpstreamFailure:
         try:
-            return await self._complete[backend.deployment].remote(call)
+            return await self._method(backend, call, stream=False).remote(call)
         except BackPressureError as error:
             return overloaded(error)
 
     async def stream(self, backend: Backend, call: UpstreamCall) -> AsyncIterator[StreamItem]:
-        response = self._stream[backend.deployment].remote(call)
+        response = self._method(backend, call, stream=True).remote(call)
         try:
             try:
                 first = await anext(response)
@@ -205,7 +225,9 @@ class Ingress:
         self._engine_names = asyncio.get_running_loop().create_task(self._learn_engines(backends))
         self._table: RoutingTable = await router.table.remote()
         self._keys = VerifiedKeyCache()
-        self._listener = InvalidationListener(redis_url, self._invalidate, self._keys.clear)
+        self._finetunes = FineTuneResolver(FineTuneRegistry(self._redis))
+        self._finetune_service = FineTuneService(settings, self._redis)
+        self._listener = InvalidationListener(redis_url, self._invalidate, self._forget_everything)
         self._listener.start()
         self._rng = random.Random()
         self._gateway_ms = Histogram(
@@ -217,8 +239,14 @@ class Ingress:
         self._gateway_ms.observe(own_ms, tags={"stream": "true" if stream else "false"})
         return server_timing(own_ms, outcome.upstream_ms)
 
+    def _forget_everything(self) -> None:
+        self._keys.clear()
+        self._finetunes.clear()
+
     def _invalidate(self, topic: str, subject: str) -> None:
-        if topic == KEYS_TOPIC:
+        if topic == FINETUNES_TOPIC:
+            self._finetunes.invalidate(subject)
+        elif topic == KEYS_TOPIC:
             self._keys.invalidate(subject)
         elif topic == ACCOUNT_TOPIC:
             self._keys.invalidate_account(subject)
@@ -305,11 +333,15 @@ class Ingress:
             raw = await read_body(request, self._max_body_bytes)
             meter.request_bytes = len(raw)
             chat = parse_chat_request(raw)
-            route = self._table.resolve(chat.model, chat.mode)
+            adapter = None
+            if is_finetune(chat.model) and chat.mode is None:
+                route, adapter = await self._finetune_route(chat.model, verified, meter)
+            else:
+                route = self._table.resolve(chat.model, chat.mode)
             meter.mode = route.mode or ""
             body = chat.upstream_body()
             order = attempt_order(route, body, self._rng, verified.scope)
-            call = UpstreamCall(meter.request_id, "", body, chat.wants_usage_in_stream, verified.scope)
+            call = UpstreamCall(meter.request_id, "", body, chat.wants_usage_in_stream, verified.scope, adapter)
             if not chat.stream:
                 completion = await complete_chat(self._backends, order, call, outcome)
                 usage, estimated = completion.usage, completion.usage is None
@@ -337,10 +369,19 @@ class Ingress:
             },
         )
 
+    async def _finetune_route(self, model: str, verified: VerifiedKey, meter: CallMeter) -> tuple[Route, Adapter]:
+        """A fine-tune's live version (404 when there is none, or it is another account's)."""
+        finetune = await self._finetunes.resolve(model, verified.account_id, self._listener.healthy)
+        route = self._table.base_of_finetune(model, finetune.base_model)
+        meter.model, meter.finetune = model, finetune.key
+        meter.price = self._prices.get(model) or self._prices.get(finetune.base_model)
+        return route, Adapter(finetune.key, Path(finetune.artifact_path), price_name=model)
+
     @staticmethod
     def _answered(meter: CallMeter, outcome: Outcome) -> None:
         if outcome.backend is not None:
-            meter.backend, meter.model = outcome.backend.provider, outcome.backend.model
+            meter.backend = outcome.backend.provider
+            meter.model = meter.model if meter.finetune else outcome.backend.model
 
     async def _metered_stream(self, events: AsyncIterator[bytes], meter: CallMeter, outcome: Outcome,
                               messages) -> AsyncIterator[bytes]:
@@ -460,6 +501,48 @@ class Ingress:
         account_id, confirmed = raise_if_error(await self._router.set_scope.remote(email, scope, actor))
         return JSONResponse({"object": "account_scope", "account_id": account_id, **scope.as_dict(),
                              "replicas_confirmed": confirmed})
+
+    @api.get("/v1/admin/finetunes")
+    async def finetunes(self, request: Request) -> JSONResponse:
+        await self._admin(request)
+        return JSONResponse({"object": "list", "data": [
+            finetune_fields(live) if live else {"object": "finetune", "name": name, "state": "retired"}
+            for name, live in await self._finetune_service.listing()]})
+
+    @api.post("/v1/admin/finetunes", status_code=201)
+    async def deploy_finetune(self, request: Request) -> JSONResponse:
+        actor = await self._admin(request)
+        wanted = parse_body(FineTuneDeploy, await read_body(request, self._max_body_bytes))
+        try:
+            live = await self._finetune_service.deploy(Path(wanted.path), wanted.base, wanted.name,
+                                                       wanted.account, actor)
+        except DeployError as error:
+            raise GatewayError(400, f"Not deployed: {error}.", code="invalid_finetune", param=error.where or None) from None
+        return JSONResponse(finetune_fields(live), status_code=201)
+
+    @api.get("/v1/admin/finetunes/{name}")
+    async def finetune_versions(self, name: str, request: Request) -> JSONResponse:
+        await self._admin(request)
+        versions = await self._finetune_change(self._finetune_service.show, name)
+        return JSONResponse({"object": "list", "data": [finetune_fields(v) for v in versions]})
+
+    @api.post("/v1/admin/finetunes/{name}/rollback")
+    async def rollback_finetune(self, name: str, request: Request) -> JSONResponse:
+        actor = await self._admin(request)
+        return JSONResponse(finetune_fields(await self._finetune_change(self._finetune_service.rollback, name, actor)))
+
+    @api.delete("/v1/admin/finetunes/{name}")
+    async def retire_finetune(self, name: str, request: Request) -> JSONResponse:
+        actor = await self._admin(request)
+        return JSONResponse(finetune_fields(await self._finetune_change(self._finetune_service.retire, name, actor)))
+
+    async def _finetune_change(self, change, name: str, *args):
+        try:
+            return await change(name, *args)
+        except RegistryError as error:
+            known = await self._finetune_service.registry.versions(name)
+            status, code = (409, "finetune_conflict") if known else (404, "finetune_not_found")
+            raise GatewayError(status, f"{error}.", code=code, param="name") from None
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

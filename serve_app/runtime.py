@@ -87,10 +87,16 @@ def start_gateway(settings, redis_url: str, num_cpus: int | None = None, should_
 
 def in_house_engines(settings) -> dict[str, str]:
     """In-house model → the engine its replicas run ("vllm-gpu", "vllm-cpu", "transformers")."""
+    import asyncio
+
     from ray import serve
 
-    return {name: serve.get_deployment_handle(f"Model-{name}", APP_NAME).engine_name.remote().result()
-            for name in settings.served_in_house()}
+    async def ask() -> dict[str, str]:
+        # In an event loop: with throughput-optimised Serve, handles route on the caller's loop.
+        return {name: await serve.get_deployment_handle(f"Model-{name}", APP_NAME).engine_name.remote()
+                for name in settings.served_in_house()}
+
+    return asyncio.run(ask())
 
 
 def metrics_url() -> str:

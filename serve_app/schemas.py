@@ -98,6 +98,15 @@ class ScopeChange(_Strict):
     excluded_providers: list[str] = Field(default_factory=list, max_length=64)
 
 
+class FineTuneDeploy(_Strict):
+    """The admin API's deploy: a PEFT folder on the gateway's filesystem (or a shared one)."""
+
+    path: str = Field(min_length=1, max_length=4096)
+    base: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=63)
+    account: str | None = Field(default=None, max_length=320)
+
+
 Model = TypeVar("Model", bound=BaseModel)
 
 

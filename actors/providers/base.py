@@ -16,6 +16,7 @@ from actors.errors import GatewayError
 from actors.providers.sse import SSEEvent
 from actors.scopes import UNRESTRICTED, Scope
 from config.catalog import ProviderSpec
+from models.engine import Adapter
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -25,6 +26,7 @@ class UpstreamCall:
     body: dict[str, Any]  # the caller's validated OpenAI-style request
     client_wants_usage: bool = False  # stream_options.include_usage from the caller
     scope: Scope = UNRESTRICTED  # the account's: a proxy the scope forbids refuses before connecting
+    adapter: Adapter | None = None  # a fine-tune to apply (in-house models only)
 
     def __repr__(self) -> str:  # the body is the prompt: never in a log line or a traceback
         return f"UpstreamCall(request_id={self.request_id!r}, model={self.model!r})"

@@ -148,7 +148,7 @@ async def test_cli_scope_changes_are_audited_without_customer_content(client, ga
     await redis.aclose()
     account_id = (await client.get(f"/v1/admin/accounts/{email}/scope",
                                    headers=bearer(gateway.environ["NEUROAPI_ADMIN_TOKEN"]))).json()["account_id"]
-    mine = [e for e in entries if e["account_id"] == account_id]
+    mine = [e for e in entries if e.get("account_id") == account_id]
     assert [json.loads(e["after"]) for e in mine] == [
         {"in_house_only": False, "excluded_providers": []},
         {"in_house_only": False, "excluded_providers": ["anthropic", "deepseek"]},

@@ -1,0 +1,50 @@
+"""``model: "ft:NAME"`` → the live version of that fine-tune, for this caller.
+
+Each ingress replica caches what it read from the registry; a deploy, rollback or retire
+broadcasts on ``FINETUNES_TOPIC`` and every replica drops the entry before the command
+returns, so the next request sees the change (no restart, no grace period). A fine-tune owned
+by another account is answered exactly like one that does not exist."""
+
+from __future__ import annotations
+
+from actors.errors import GatewayError
+from finetunes.registry import FineTune, FineTuneRegistry
+
+PREFIX = "ft:"
+
+
+def is_finetune(model: str) -> bool:
+    return model.startswith(PREFIX)
+
+
+def not_found(model: str) -> GatewayError:
+    return GatewayError(404, f"The model '{model}' does not exist. GET /v1/models lists what you can use.",
+                        code="model_not_found", param="model")
+
+
+class FineTuneResolver:
+    def __init__(self, registry: FineTuneRegistry):
+        self._registry = registry
+        self._live: dict[str, FineTune | None] = {}
+        self._generation = 0  # bumped by every invalidation: a read that raced one is not cached
+
+    async def resolve(self, model: str, account_id: str, use_cache: bool = True) -> FineTune:
+        name = model.removeprefix(PREFIX)
+        if use_cache and name in self._live:
+            live = self._live[name]
+        else:
+            generation = self._generation
+            live = await self._registry.live(name)
+            if use_cache and generation == self._generation:
+                self._live[name] = live
+        if live is None or (live.owner_account and live.owner_account != account_id):
+            raise not_found(model)
+        return live
+
+    def invalidate(self, name: str) -> None:
+        self._generation += 1
+        self._live.pop(name, None)
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._live.clear()
