@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from actors.errors import GatewayError
 from actors.providers import ADAPTERS
 from actors.scopes import UNRESTRICTED, Scope
 from config.settings import Settings
+from models.engine import Adapter
 
 IN_HOUSE_PROVIDER = "inhouse"  # the provider name of models served on our own replicas
 ENGINE_ADAPTER = "engine"  # their "adapter": an in-house model deployment speaks our protocol
+FINETUNE_ADAPTER = "finetune"  # "ft:NAME" before the call resolves it to its base model + adapter
+FINETUNE_PREFIX = "ft:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,7 @@ class Backend:
     provider: str
     adapter: str
     in_house: bool = False
+    finetune: Adapter | None = None  # set once a fine-tune resolved to its base model's backend
 
     @property
     def deployment(self) -> str:
@@ -39,7 +43,14 @@ class Backend:
 def unsupported(backend: Backend, body: dict[str, Any]) -> str | None:
     """Why ``backend`` cannot honour the request as asked; in-house engines honour every field
     the schema accepts."""
-    return None if backend.adapter == ENGINE_ADAPTER else ADAPTERS[backend.adapter].unsupported(body)
+    if backend.adapter in (ENGINE_ADAPTER, FINETUNE_ADAPTER):
+        return None
+    return ADAPTERS[backend.adapter].unsupported(body)
+
+
+def finetune_backend(model: str) -> Backend:
+    """A fine-tune named by a caller or a mode, to be resolved per call (``FineTuneResolver``)."""
+    return Backend(model, IN_HOUSE_PROVIDER, FINETUNE_ADAPTER, in_house=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +87,17 @@ class RoutingTable:
             return Route(mode, pinned)
         if model in self.models:
             return Route(None, (WeightedBackend(self.models[model], 1.0),))
+        if model.startswith(FINETUNE_PREFIX):
+            return Route(None, (WeightedBackend(finetune_backend(model), 1.0),))
         return Route(model, self._mode(model, param="model"))
 
-    def base_of_finetune(self, model: str, base_model: str) -> Route:
-        """The route of a fine-tune (``model`` = "ft:NAME"): its base model's replicas."""
+    def with_adapter(self, model: str, base_model: str, adapter: Adapter) -> Backend:
+        """The backend that serves fine-tune ``model``: its base model's replicas, with ``adapter``."""
         backend = self.models.get(base_model)
         if backend is None or backend.adapter != ENGINE_ADAPTER:
             raise GatewayError(404, f"'{model}' is not available on this gateway: its base model "
                                f"'{base_model}' is not served here.", code="model_not_available", param="model")
-        return Route(None, (WeightedBackend(backend, 1.0),))
+        return replace(backend, finetune=adapter)
 
     def _mode(self, name: str, param: str) -> tuple[WeightedBackend, ...]:
         if name in self.modes:
@@ -136,7 +149,9 @@ def build_routing_table(settings: Settings, enabled_providers: Iterable[str]) ->
     modes = {}
     for name, mode in settings.modes.items():
         available = tuple(
-            WeightedBackend(models[c.model], c.weight) for c in mode.candidates if c.model in models
+            WeightedBackend(finetune_backend(c.model) if c.model.startswith(FINETUNE_PREFIX) else models[c.model],
+                            c.weight)
+            for c in mode.candidates if c.model in models or c.model.startswith(FINETUNE_PREFIX)
         )
         if available:
             modes[name] = available

@@ -110,7 +110,8 @@ class Settings(BaseModel):
             if mode_name in owner:
                 problems.append(f"modes.{mode_name}: a mode cannot share a model's name")
             for index, candidate in enumerate(mode.candidates):
-                if candidate.model not in owner:
+                # A fine-tune ("ft:NAME") is deployed at run time; the registry resolves it per call.
+                if candidate.model not in owner and not candidate.model.startswith("ft:"):
                     problems.append(
                         f"modes.{mode_name}.candidates.{index}.model: unknown model "
                         f"'{candidate.model}'"

@@ -95,7 +95,7 @@ def _note(backend: Backend, failure: UpstreamFailure) -> None:
 
 
 def _for(call: UpstreamCall, backend: Backend) -> UpstreamCall:
-    return replace(call, model=backend.model)
+    return replace(call, model=backend.model, adapter=backend.finetune)
 
 
 def error_event(error: GatewayError) -> bytes:

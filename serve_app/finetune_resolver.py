@@ -8,13 +8,8 @@ by another account is answered exactly like one that does not exist."""
 from __future__ import annotations
 
 from actors.errors import GatewayError
+from actors.routing import FINETUNE_PREFIX
 from finetunes.registry import FineTune, FineTuneRegistry
-
-PREFIX = "ft:"
-
-
-def is_finetune(model: str) -> bool:
-    return model.startswith(PREFIX)
 
 
 def not_found(model: str) -> GatewayError:
@@ -29,7 +24,7 @@ class FineTuneResolver:
         self._generation = 0  # bumped by every invalidation: a read that raced one is not cached
 
     async def resolve(self, model: str, account_id: str, use_cache: bool = True) -> FineTune:
-        name = model.removeprefix(PREFIX)
+        name = model.removeprefix(FINETUNE_PREFIX)
         if use_cache and name in self._live:
             live = self._live[name]
         else:

@@ -34,7 +34,7 @@ from actors.key_store import KEYS_TOPIC, VerifiedKey
 from actors.metering import CallRecord, cost_units_text, current_month
 from actors.providers.base import Completion, UpstreamCall, UpstreamFailure
 from actors.redis_conn import connect
-from actors.routing import Backend, Route, RoutingTable, attempt_order
+from actors.routing import FINETUNE_ADAPTER, Backend, RoutingTable, attempt_order
 from actors.scopes import ACCOUNT_TOPIC, Scope
 from actors.sessions import TOKEN_TAG as SESSION_TOKEN_TAG
 from actors.sessions import Session
@@ -48,7 +48,7 @@ from serve_app.auth_guard import BLOCKS_TOPIC, FailedAuthGuard
 from serve_app.call_meter import CallMeter, completion_text, estimated_usage, prompt_text, streamed_text
 from serve_app.chat import Outcome, StreamItem, complete_chat, open_chat_stream
 from serve_app.client_address import parse_networks
-from serve_app.finetune_resolver import FineTuneResolver, is_finetune
+from serve_app.finetune_resolver import FineTuneResolver
 from serve_app.key_cache import VerifiedKeyCache, fingerprint
 from serve_app.record_shipper import RecordShipper
 from serve_app.schemas import Credentials, FineTuneDeploy, NewKey, ScopeChange, parse_body, parse_chat_request
@@ -333,15 +333,11 @@ class Ingress:
             raw = await read_body(request, self._max_body_bytes)
             meter.request_bytes = len(raw)
             chat = parse_chat_request(raw)
-            adapter = None
-            if is_finetune(chat.model) and chat.mode is None:
-                route, adapter = await self._finetune_route(chat.model, verified, meter)
-            else:
-                route = self._table.resolve(chat.model, chat.mode)
+            route = self._table.resolve(chat.model, chat.mode)
             meter.mode = route.mode or ""
             body = chat.upstream_body()
-            order = attempt_order(route, body, self._rng, verified.scope)
-            call = UpstreamCall(meter.request_id, "", body, chat.wants_usage_in_stream, verified.scope, adapter)
+            order = await self._with_finetunes(attempt_order(route, body, self._rng, verified.scope), verified)
+            call = UpstreamCall(meter.request_id, "", body, chat.wants_usage_in_stream, verified.scope)
             if not chat.stream:
                 completion = await complete_chat(self._backends, order, call, outcome)
                 usage, estimated = completion.usage, completion.usage is None
@@ -369,19 +365,35 @@ class Ingress:
             },
         )
 
-    async def _finetune_route(self, model: str, verified: VerifiedKey, meter: CallMeter) -> tuple[Route, Adapter]:
-        """A fine-tune's live version (404 when there is none, or it is another account's)."""
-        finetune = await self._finetunes.resolve(model, verified.account_id, self._listener.healthy)
-        route = self._table.base_of_finetune(model, finetune.base_model)
-        meter.model, meter.finetune = model, finetune.key
-        meter.price = self._prices.get(model) or self._prices.get(finetune.base_model)
-        return route, Adapter(finetune.key, Path(finetune.artifact_path), price_name=model)
+    async def _with_finetunes(self, order: list[Backend], verified: VerifiedKey) -> list[Backend]:
+        """Fine-tunes in ``order`` resolved to their live version on their base model's replicas.
 
-    @staticmethod
-    def _answered(meter: CallMeter, outcome: Outcome) -> None:
-        if outcome.backend is not None:
-            meter.backend = outcome.backend.provider
-            meter.model = meter.model if meter.finetune else outcome.backend.model
+        One that is retired, or another account's, is skipped (a mode's other candidates serve);
+        when nothing is left, the caller gets its 404."""
+        resolved: list[Backend] = []
+        missing: GatewayError | None = None
+        for backend in order:
+            if backend.adapter != FINETUNE_ADAPTER:
+                resolved.append(backend)
+                continue
+            try:
+                finetune = await self._finetunes.resolve(backend.model, verified.account_id, self._listener.healthy)
+                adapter = Adapter(finetune.key, Path(finetune.artifact_path), price_name=backend.model)
+                resolved.append(self._table.with_adapter(backend.model, finetune.base_model, adapter))
+            except GatewayError as error:
+                missing = missing or error
+        if not resolved and missing is not None:
+            raise missing
+        return resolved
+
+    def _answered(self, meter: CallMeter, outcome: Outcome) -> None:
+        backend = outcome.backend
+        if backend is None:
+            return
+        meter.backend, meter.model = backend.provider, backend.model
+        if backend.finetune is not None:  # metered as the fine-tune, at its price or its base model's
+            meter.model, meter.finetune = backend.finetune.price_name, backend.finetune.key
+            meter.price = self._prices.get(backend.finetune.price_name) or self._prices.get(backend.model)
 
     async def _metered_stream(self, events: AsyncIterator[bytes], meter: CallMeter, outcome: Outcome,
                               messages) -> AsyncIterator[bytes]:

@@ -137,6 +137,9 @@ def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
                                          {"model": "gpt-4o-mini", "weight": 0}]},
             "cross-provider": {"candidates": [{"model": "deepseek-chat", "weight": 1},
                                               {"model": "claude-haiku-4-5", "weight": 0}]},
+            # A fine-tune first, its base model while it is not deployed (tests/integration/test_finetunes.py).
+            "support": {"candidates": [{"model": "ft:mode-support", "weight": 1},
+                                       {"model": "smollm2-135m-instruct", "weight": 0}]},
         },
     }
 

@@ -157,3 +157,15 @@ async def test_a_bad_adapter_is_refused_with_what_and_where_and_nothing_changes(
     assert (await client.delete(f"/v1/admin/finetunes/{name}", headers=admin)).json()["state"] == "retired"
     assert await answer(client, key, f"ft:{name}") == (404, "model_not_found")
     assert (await client.post("/v1/admin/finetunes", headers={"Authorization": "Bearer nope"}, json={})).status_code == 401
+
+
+async def test_a_mode_that_names_a_finetune_serves_it_once_deployed(client, gateway, adapters):
+    """The test catalog's mode "support": ft:mode-support first, the base model as fallback."""
+    _, key = await account_with_key(client)
+    base = await answer(client, key, BASE)
+    assert await answer(client, key, "support") == base  # not deployed yet: the fallback serves
+    assert deploy(gateway, adapters[0], "mode-support").returncode == 0
+    tuned = await answer(client, key, "ft:mode-support")
+    assert tuned != base and await answer(client, key, "support") == tuned
+    assert neuroapi(gateway, "finetunes", "retire", "mode-support").returncode == 0
+    assert await answer(client, key, "support", stream=True) == base
