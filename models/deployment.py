@@ -37,7 +37,7 @@ def options_for(name: str, spec: InHouseModelSpec) -> dict[str, Any]:
         "max_ongoing_requests": spec.max_concurrency,
         "max_queued_requests": spec.max_queued,
         "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": gpus},
-        # Loading weights (and, on vLLM, profiling memory) takes a while on a first start.
+        # A CPU engine busy with a batch may be slow to answer its health check.
         "health_check_timeout_s": 60,
         "graceful_shutdown_timeout_s": 30,
     }

@@ -188,3 +188,16 @@ def gateway(
     url = runtime.start_gateway(settings, redis_server.url, num_cpus=2)
     yield Gateway(url, redis_server, environ, folder / "data", config_path)
     runtime.stop_gateway()
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    """The embedded default model's folder, converted once into the model cache, as ``neuroapi
+    serve`` does (so a second run, and the gateway fixture, reuse it)."""
+    from config.settings import load_settings
+    from models.model_source import ModelSourceError, resolve
+
+    try:
+        return resolve("builtin:smollm2-135m-instruct", load_settings(environ=os.environ).models_dir, progress=False)
+    except ModelSourceError as error:
+        pytest.skip(f"the built-in model is not available: {error}")

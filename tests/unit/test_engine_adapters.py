@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from models.engine import Adapter, Engine, EngineError, EngineOptions, Sampling  # noqa: E402
-from models.model_source import ModelSourceError, resolve  # noqa: E402
 from models.openai_format import prompt_token_ids  # noqa: E402
 from models.transformers_engine import TransformersEngine  # noqa: E402
 from tests.lora import QUESTION, build_adapter  # noqa: E402
@@ -42,13 +40,8 @@ class Adapters:
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    configured = os.environ.get("NEUROAPI_MODEL_CACHE_DIR")
-    cache_dir = Path(configured) if configured else tmp_path_factory.mktemp("models")
-    try:
-        return resolve("builtin:smollm2-135m-instruct", cache_dir, progress=False)
-    except ModelSourceError as error:
-        pytest.skip(f"the built-in model is not available: {error}")
+def model_folder(embedded_model) -> Path:
+    return embedded_model
 
 
 @pytest.fixture(scope="module")

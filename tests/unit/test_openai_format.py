@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from actors.errors import GatewayError
 from actors.providers.base import Usage
-from config.settings import load_settings
 from models.engine import Sampling
 from models.openai_format import AnswerHeader, chunk, completion, prompt_token_ids, sampling_for, usage_chunk
 
@@ -77,16 +74,9 @@ def test_sampling_parameters_pass_through_and_default_to_openais():
 # prompt_token_ids on the embedded model's own tokenizer and chat template
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(embedded_model):
     transformers = pytest.importorskip("transformers")
-    from models.model_source import ModelSourceError, resolve
-
-    cache = Path(os.environ.get("NEUROAPI_MODEL_CACHE_DIR") or load_settings(environ=os.environ).models_dir)
-    try:
-        folder = resolve("builtin:smollm2-135m-instruct", cache, progress=False)
-    except ModelSourceError as error:
-        pytest.skip(f"the built-in model is not available: {error}")
-    return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return transformers.AutoTokenizer.from_pretrained(embedded_model, local_files_only=True)
 
 
 def test_developer_role_is_the_system_role(tokenizer):

@@ -6,7 +6,6 @@ when set (converting the GGUF takes about 40 s)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from models.engine import Delta, EngineError, EngineOptions, Sampling  # noqa: E402
-from models.model_source import ModelSourceError, resolve  # noqa: E402
 from models.openai_format import prompt_token_ids  # noqa: E402
 from models.transformers_engine import TransformersEngine, first_stop, stop_prefix_length  # noqa: E402
 
@@ -23,13 +21,8 @@ FRANCE = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    configured = os.environ.get("NEUROAPI_MODEL_CACHE_DIR")
-    cache_dir = Path(configured) if configured else tmp_path_factory.mktemp("models")
-    try:
-        return resolve("builtin:smollm2-135m-instruct", cache_dir, progress=False)
-    except ModelSourceError as error:
-        pytest.skip(f"the built-in model is not available: {error}")
+def model_folder(embedded_model) -> Path:
+    return embedded_model
 
 
 @pytest.fixture(scope="module")
