@@ -62,7 +62,7 @@ async def test_in_house_only_reaches_in_house_models_and_nothing_else(client, ga
     assert answer.status_code == 200 and answer.json()["model"] == "smollm2-135m-instruct"
     assert upstreams.requests == []  # served on the gateway's own replicas: nothing left
     listed = (await client.get("/v1/models", headers=bearer(key))).json()["data"]
-    assert [m["id"] for m in listed] == ["private", "smollm2-135m-instruct", "smollm2-transformers"]
+    assert [m["id"] for m in listed] == ["private", "support", "smollm2-135m-instruct", "smollm2-transformers"]
 
 
 async def test_an_excluded_provider_is_skipped_on_every_path(client, gateway, upstreams):
