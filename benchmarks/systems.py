@@ -99,6 +99,8 @@ class NeuroAPI(System):
             "NEUROAPI_DATA_DIR": str(self.folder), "NEUROAPI_PORT": str(port),
             "NEUROAPI_METRICS_PORT": self.metrics_url.rsplit(":", 1)[1].removesuffix("/metrics"),
             "NEUROAPI_METERING": "1" if metering else "0",
+            # The gateway against LiteLLM: no in-house model loads (benchmarks.gpu_check measures those).
+            "NEUROAPI_IN_HOUSE_MODELS": "0",
         }
         if not metering:
             self.name = "neuroapi-unmetered"
