@@ -12,9 +12,15 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
-from actors.errors import GatewayError
 from actors.providers import ADAPTERS
-from actors.providers.base import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
+from actors.providers.base import (
+    Completion,
+    StreamEnd,
+    StreamStart,
+    UpstreamCall,
+    UpstreamFailure,
+    refused_by_scope,
+)
 from actors.providers.client import ProviderClient
 from config import logs
 from config.catalog import Price, ProviderSpec
@@ -31,11 +37,7 @@ class ProviderProxy:
         self._client = ProviderClient(ADAPTERS[spec.adapter](spec, api_key), prices)
 
     def _refused(self, call: UpstreamCall) -> UpstreamFailure | None:
-        if call.scope.allows(self._name, self._in_house):
-            return None
-        return UpstreamFailure(GatewayError(403, f"This account's scope ({call.scope.rule()}) forbids this backend.",
-                                            type="permission_error", code="scope_forbids"),
-                               retriable=False, upstream_ms=0.0)
+        return refused_by_scope(call, self._name, self._in_house)
 
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
         return self._refused(call) or await self._client.complete(call)

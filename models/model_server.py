@@ -13,7 +13,15 @@ from collections.abc import AsyncIterator, Mapping
 
 from actors.errors import GatewayError
 from actors.metering import cost_micro_units, cost_units_text
-from actors.providers.base import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure, Usage
+from actors.providers.base import (
+    Completion,
+    StreamEnd,
+    StreamStart,
+    UpstreamCall,
+    UpstreamFailure,
+    Usage,
+    refused_by_scope,
+)
 from actors.routing import IN_HOUSE_PROVIDER
 from config.catalog import InHouseModelSpec, Price
 from models import openai_format as wire
@@ -39,13 +47,6 @@ class ModelServer:
         self._tokenizer = tokenizer
         self._prices = dict(prices)
 
-    def _refused(self, call: UpstreamCall) -> UpstreamFailure | None:
-        if call.scope.allows(IN_HOUSE_PROVIDER, True):
-            return None
-        return UpstreamFailure(GatewayError(403, f"This account's scope ({call.scope.rule()}) forbids this backend.",
-                                            type="permission_error", code="scope_forbids"),
-                               retriable=False, upstream_ms=0.0)
-
     def _prepare(self, call: UpstreamCall) -> tuple[list[int], Sampling]:
         """The prompt's token ids and the sampling parameters; raises GatewayError (400)."""
         ids = wire.prompt_token_ids(self._tokenizer, call.body["messages"])
@@ -64,7 +65,7 @@ class ModelServer:
 
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
         started = time.perf_counter()
-        refused = self._refused(call)
+        refused = refused_by_scope(call, IN_HOUSE_PROVIDER, in_house=True)
         if refused is not None:
             return refused
         try:
@@ -87,7 +88,7 @@ class ModelServer:
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
         """The role chunk goes out with the first token, so time to first token is the model's."""
         started = time.perf_counter()
-        refused = self._refused(call)
+        refused = refused_by_scope(call, IN_HOUSE_PROVIDER, in_house=True)
         if refused is not None:
             yield refused
             return

@@ -201,3 +201,9 @@ def embedded_model() -> Path:
         return resolve("builtin:smollm2-135m-instruct", load_settings(environ=os.environ).models_dir, progress=False)
     except ModelSourceError as error:
         pytest.skip(f"the built-in model is not available: {error}")
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer(embedded_model):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(embedded_model, local_files_only=True)

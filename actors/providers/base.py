@@ -98,6 +98,15 @@ class StreamTranslator(ABC):
         """Our encoded SSE events for one upstream event; raises StreamFailed."""
 
 
+def refused_by_scope(call: UpstreamCall, provider: str, in_house: bool) -> UpstreamFailure | None:
+    """A backend's own check of the call's scope, before it connects or generates anything."""
+    if call.scope.allows(provider, in_house):
+        return None
+    return UpstreamFailure(GatewayError(403, f"This account's scope ({call.scope.rule()}) forbids this backend.",
+                                        type="permission_error", code="scope_forbids"),
+                           retriable=False, upstream_ms=0.0)
+
+
 _COST_PLACEHOLDER = "\x00cost_units\x00"
 
 

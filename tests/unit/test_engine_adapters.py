@@ -45,8 +45,8 @@ def model_folder(embedded_model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(model_folder):
-    return transformers.AutoTokenizer.from_pretrained(model_folder, local_files_only=True)
+def tokenizer(embedded_tokenizer):
+    return embedded_tokenizer
 
 
 @pytest.fixture(scope="module")

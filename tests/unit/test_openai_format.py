@@ -74,9 +74,8 @@ def test_sampling_parameters_pass_through_and_default_to_openais():
 # prompt_token_ids on the embedded model's own tokenizer and chat template
 
 @pytest.fixture(scope="module")
-def tokenizer(embedded_model):
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(embedded_model, local_files_only=True)
+def tokenizer(embedded_tokenizer):
+    return embedded_tokenizer
 
 
 def test_developer_role_is_the_system_role(tokenizer):
