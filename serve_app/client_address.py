@@ -3,8 +3,11 @@
 The socket peer, unless that peer is a configured trusted proxy: then X-Forwarded-For is read
 from the right (the entry our own proxy appended) leftwards, skipping trusted proxies, and the
 first untrusted address is the client. Entries further left were written by the client itself
-and are never believed. Behind Serve's HAProxy every request's peer is HAProxy, so a
-deployment behind an edge load balancer lists the edge and its nodes in ``trusted_proxies``."""
+and are never believed. Behind Serve's HAProxy the peer is the address HAProxy saw: it writes
+X-Forwarded-For itself (``serve_app.haproxy_edge``; a client's own header survives only from a
+trusted proxy) and the replicas' uvicorn takes the client from it only for a loopback peer, our
+HAProxy. A deployment behind an edge load balancer lists the edge (and its nodes) in
+``trusted_proxies``."""
 
 from __future__ import annotations
 
@@ -24,6 +27,13 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in trusted)
+
+
+def forwarded_for(headers) -> str | None:
+    """Every X-Forwarded-For line as one list: a proxy may add its own line rather than append
+    (our HAProxy does, behind a trusted proxy), and the last entry is the one nearest to us."""
+    lines = headers.getlist("x-forwarded-for")
+    return ", ".join(lines) if lines else None
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:

@@ -8,11 +8,13 @@ in the environment before ``ray`` is imported; a value already in the environmen
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
-from serve_app import request_id
+from serve_app import haproxy_edge, request_id
 
 APP_NAME = "neuroapi"
 SERVE_ENVIRONMENT = {
@@ -34,9 +36,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def prepare_environment() -> None:
+def prepare_environment(settings=None) -> None:
     for name, value in SERVE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    if settings is not None:
+        prepare_edge(settings)
     # Serve's HAProxy mode listens on fixed ports besides ours: stats (8404), metrics (9101)
     # and the fallback proxy (8500) that HAProxy sends requests to while no replica is up.
     # Two gateways on one machine would share that fallback and answer for each other, so
@@ -44,6 +48,40 @@ def prepare_environment() -> None:
     for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"):
         os.environ.setdefault(name, str(free_port()))
+
+
+_edge_folder: str | None = None
+
+
+def prepare_edge(settings) -> None:
+    """Serve's HAProxy, as NeuroAPI needs it (serve_app.haproxy_edge): a wrapper edits the config
+    Ray generates. Always set, never inherited: a parent process's values would point at its own
+    gateway's private directory."""
+    global _edge_folder
+    edge = haproxy_edge.EdgeSettings(
+        real_binary=haproxy_edge.real_binary(dict(os.environ)),
+        trusted_proxies=list(settings.trusted_proxies),
+        request_timeout_s=settings.client_request_timeout_s,
+        max_connections_per_source=settings.max_connections_per_source,
+    )
+    _edge_folder, environ = haproxy_edge.install(edge)
+    os.environ.update(environ)
+    os.environ["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = str(settings.client_idle_timeout_s)
+    # The replicas' uvicorn rewrites the client address from X-Forwarded-For only for a peer on
+    # loopback: our HAProxy, which writes that header itself (see haproxy_edge).
+    os.environ["FORWARDED_ALLOW_IPS"] = "127.0.0.1,::1"
+
+
+def keep_ray_token_private() -> None:
+    """Ray's internal ports listen on every interface; its token authentication (on by default
+    for a local cluster) is what guards them, and Ray writes that token world-readable to
+    ~/.ray/auth_token. Only this user may read it."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return  # the operator's own token, kept as they chose
+    token = Path.home() / ".ray" / "auth_token"
+    if token.exists():
+        os.chmod(token.parent, 0o700)
+        os.chmod(token, 0o600)
 
 
 def wait_until_ready(url: str, timeout_s: float = 120.0, should_stop=lambda: False) -> None:
@@ -62,10 +100,11 @@ def wait_until_ready(url: str, timeout_s: float = 120.0, should_stop=lambda: Fal
 
 def start_gateway(settings, redis_url: str, num_cpus: int | None = None, should_stop=lambda: False) -> str:
     """Start (or join, with RAY_ADDRESS) Ray, deploy the application, return its base URL."""
-    prepare_environment()
+    prepare_environment(settings)
     import ray
     from ray import serve
 
+    from actors.invalidation import mark_registry_fresh
     from serve_app.app import build_app
 
     if not ray.is_initialized():
@@ -78,7 +117,10 @@ def start_gateway(settings, redis_url: str, num_cpus: int | None = None, should_
             log_to_driver=False,
             _metrics_export_port=settings.metrics_port,
         )
+    keep_ray_token_private()
     serve.start(http_options={"host": settings.host, "port": settings.port})
+    # Before any cache holder exists: a missing holder registry has missed nothing (actors.invalidation).
+    mark_registry_fresh(redis_url)
     serve.run(build_app(settings, redis_url), name=APP_NAME, route_prefix="/")
     url = f"http://{settings.host}:{settings.port}"
     wait_until_ready(url, should_stop=should_stop)
@@ -117,3 +159,5 @@ def stop_gateway() -> None:
         except Exception:  # Ray's processes may already be gone (Ctrl-C reaches them too)
             pass
         ray.shutdown()
+    if _edge_folder is not None:  # HAProxy is gone with Serve: its private files go too
+        shutil.rmtree(_edge_folder, ignore_errors=True)
