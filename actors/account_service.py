@@ -1,22 +1,30 @@
 """Self-service accounts as plain Python: sign up, log in and out, and manage one's own keys.
 
 Runs inside the key-verifier pool (the processes that hold key material): minting a key seals
-it, and a session token is signed with a key derived from the pepper. bcrypt runs in a thread
-so a login never stalls the key checks sharing the replica's event loop."""
+it, and a session token is signed with a key derived from the pepper. bcrypt runs in threads
+so a login never stalls the key checks sharing the replica's event loop; sign-ups and log-ins
+each have their own bounded budget of threads (``actors.work_budget``), so a sign-up flood never
+queues in front of a log-in, and past its budget a call is refused (``Busy``) at once."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from actors.accounts import Account, AccountStore
+from actors.accounts import Account, AccountStore, normalise_email
 from actors.key_crypto import KeyCrypto
 from actors.key_store import KeyInfo, KeyStore
-from actors.passwords import hash_password, verify_password
+from actors.passwords import check_rules, hash_password, verify_password
 from actors.sessions import Session, SessionStore, SessionTokens
+from actors.work_budget import WorkBudget
 from config.secrets import KeyMaterial
+
+# Per replica. A sign-up is rare and may wait or be retried: one hashing at a time, at the lowest
+# CPU priority, so it takes only CPU that log-ins and calls leave idle. Log-ins run on a pool of
+# their own, sized for a small machine.
+SIGNUP_HASHING, SIGNUP_WAITING, SIGNUP_NICE = 1, 4, 19
+LOGIN_HASHING, LOGIN_WAITING = 2, 64
 
 
 class AccountService:
@@ -29,6 +37,8 @@ class AccountService:
         self._accounts = AccountStore(redis)
         self._sessions = SessionStore(redis)
         self._built_from: KeyMaterial | None = None
+        self._signup_budget = WorkBudget("signup", SIGNUP_HASHING, SIGNUP_WAITING, nice=SIGNUP_NICE)
+        self._login_budget = WorkBudget("login", LOGIN_HASHING, LOGIN_WAITING)
 
     def _current(self) -> tuple[KeyStore, SessionTokens]:
         """Key store and token signer for the current key material (rebuilt after a reload)."""
@@ -40,14 +50,17 @@ class AccountService:
         return self._keys, self._tokens
 
     async def signup(self, email: str, password: str) -> Account:
-        hashed = await asyncio.to_thread(hash_password, password, self._password_rounds)
+        """Raises ``AccountError``, ``PasswordError``, or ``Busy`` when the sign-up budget is full."""
+        normalise_email(email)  # a bad address or password costs no hashing
+        check_rules(password)
+        hashed = await self._signup_budget.run(hash_password, password, self._password_rounds)
         return await self._accounts.create(email, hashed)
 
     async def login(self, email: str, password: str) -> tuple[str, Session] | None:
         """A new session token, or None (same time whether the email exists or not)."""
         account = await self._accounts.by_email(email)
         hashed = await self._accounts.password_hash(account.id) if account else ""
-        matches = await asyncio.to_thread(verify_password, password, hashed, self._password_rounds)
+        matches = await self._login_budget.run(verify_password, password, hashed, self._password_rounds)
         if not matches or account.status != "active":
             return None
         token, session = self._current()[1].mint(account.id, self._session_ttl_s)

@@ -10,6 +10,7 @@ import hashlib
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -44,7 +45,9 @@ def _email_index_key(email: str) -> str:
 
 def normalise_email(email: str) -> str:
     email = email.strip().lower()
-    if not _EMAIL.fullmatch(email):
+    # Control and format characters (NUL, escapes, bidi overrides, ...) have no place in an
+    # address and could forge log lines or spoof what an operator reads.
+    if not _EMAIL.fullmatch(email) or any(unicodedata.category(c).startswith("C") for c in email):
         raise AccountError("not a valid email address")
     return email
 

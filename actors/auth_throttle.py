@@ -1,81 +1,65 @@
-"""Failed-authentication throttling: at most ``limit`` failures per source address in any
-sliding ``window_s``, counted cluster-wide in Redis.
+"""Per-source limits, counted cluster-wide in Redis (``actors.sliding_window``): failed
+authentication (at most ``limit`` failures per address in any sliding ``window_s``; once
+reached, the address is blocked until the oldest failure leaves the window) and sign-ups.
 
-One sorted set per address holds the times of its recent failures (Redis's own clock, so
-every node agrees). Recording a failure trims the window, counts, and adds the failure in one
-script; once ``limit`` failures are in the window the address is blocked until the oldest of
-them leaves it, and attempts while blocked are refused without being counted (so the block
-ends one window after the failures, whatever the caller keeps sending). Keyed by address
-only: never by the presented key, which could be anything."""
+Keyed by address only: never by the presented key, which could be anything. The address is
+reduced to its canonical IP form (``source_bucket``), and anything that is not an IP shares
+one bucket, so no caller-written text ever becomes part of a Redis key name."""
 
 from __future__ import annotations
 
-import math
-import secrets
-from dataclasses import dataclass
+import ipaddress
 
 import redis.asyncio as aioredis
 
-_RECORD = """
-local now_ms = redis.call('TIME')
-now_ms = tonumber(now_ms[1]) * 1000 + math.floor(tonumber(now_ms[2]) / 1000)
-local window_ms = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - window_ms)
-local count = redis.call('ZCARD', KEYS[1])
-local counted = 0
-if count < limit then
-  redis.call('ZADD', KEYS[1], now_ms, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window_ms)
-  count = count + 1
-  counted = 1
-end
-if count < limit then return {count, 0, counted} end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {count, tonumber(oldest[2]) + window_ms - now_ms, counted}
-"""
+from actors.sliding_window import SlidingWindowLimit, Verdict
 
-_PEEK = """
-local now_ms = redis.call('TIME')
-now_ms = tonumber(now_ms[1]) * 1000 + math.floor(tonumber(now_ms[2]) / 1000)
-local window_ms = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - window_ms)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then return 0 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return tonumber(oldest[2]) + window_ms - now_ms
-"""
+__all__ = ["FailedAuthThrottle", "SignupThrottle", "Verdict", "failures_key", "signups_key", "source_bucket"]
+
+NOT_AN_IP = "not-an-ip"  # the one bucket for every source that is not an IP address
+
+
+def source_bucket(address: str | None) -> str:
+    """The canonical form of an IP address (``2001:DB8::0a`` → ``2001:db8::a``), else ``NOT_AN_IP``."""
+    try:
+        return str(ipaddress.ip_address((address or "").strip()))
+    except ValueError:
+        return NOT_AN_IP
+
+
+FAILURES_PREFIX = "neuroapi:auth-failures:"
+SIGNUPS_PREFIX = "neuroapi:signups:"
 
 
 def failures_key(address: str) -> str:
-    return f"neuroapi:auth-failures:{address}"
+    return FAILURES_PREFIX + source_bucket(address)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    failures: int  # in the window, including this one
-    blocked_for_s: float  # 0 = not blocked; else seconds until the window allows again
-    counted: bool  # False: the address was already blocked, so this attempt was refused uncounted
-
-    @property
-    def retry_after(self) -> str:
-        """The Retry-After header value: whole seconds, rounded up."""
-        return str(max(1, math.ceil(self.blocked_for_s)))
+def signups_key(address: str) -> str:
+    return SIGNUPS_PREFIX + source_bucket(address)
 
 
 class FailedAuthThrottle:
     def __init__(self, redis: aioredis.Redis, limit: int = 20, window_s: float = 60.0):
         self.limit = limit
         self.window_s = window_s
-        self._record = redis.register_script(_RECORD)
-        self._peek = redis.register_script(_PEEK)
+        self._window = SlidingWindowLimit(redis, FAILURES_PREFIX, limit, window_s)
 
     async def record_failure(self, address: str) -> Verdict:
-        count, blocked_ms, counted = await self._record(
-            keys=[failures_key(address)],
-            args=[int(self.window_s * 1000), self.limit, secrets.token_hex(8)])
-        return Verdict(int(count), max(int(blocked_ms), 0) / 1000, bool(counted))
+        return await self._window.record(source_bucket(address))
 
     async def blocked_for(self, address: str) -> float:
         """Seconds until ``address`` may try again (0 when it may now)."""
-        blocked_ms = await self._peek(keys=[failures_key(address)], args=[int(self.window_s * 1000), self.limit])
-        return max(int(blocked_ms), 0) / 1000
+        return await self._window.blocked_for(source_bucket(address))
+
+
+class SignupThrottle:
+    """At most ``limit`` sign-up attempts per address in any sliding ``window_s``: each one
+    costs a bcrypt hash and an account, so a flood from one source stops at the limit."""
+
+    def __init__(self, redis: aioredis.Redis, limit: int = 10, window_s: float = 3600.0):
+        self._window = SlidingWindowLimit(redis, SIGNUPS_PREFIX, limit, window_s)
+
+    async def admit(self, address: str) -> Verdict:
+        """Count this attempt; ``verdict.counted`` is False when the address is over its limit."""
+        return await self._window.record(source_bucket(address))

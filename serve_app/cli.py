@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import re
 import signal
 import sys
@@ -31,6 +32,8 @@ from config.secrets import load_key_material
 from config.settings import ConfigError, Settings, load_settings
 from finetunes.registry import FineTune, RegistryError
 from finetunes.service import DeployError, FineTuneService
+from serve_app.admin_token import ENV as ADMIN_TOKEN_ENV
+from serve_app.admin_token import read_admin_token
 from serve_app.local_redis import LocalRedis, LocalRedisError
 from serve_app.usage_report import previous_month, usage_view
 
@@ -61,6 +64,9 @@ def _provider_lines(settings: Settings) -> list[str]:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from serve_app import runtime
 
+    admin = read_admin_token(os.environ)
+    if os.environ.get(ADMIN_TOKEN_ENV) and not admin.on:  # a guessable token would open the admin API
+        raise ConfigError(f"refusing to start: {admin.off_because}")
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=overrides)
     _, generated = load_key_material(settings, create=True)

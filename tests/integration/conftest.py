@@ -1,4 +1,5 @@
 import asyncio
+import ipaddress
 import secrets
 import time
 
@@ -31,8 +32,9 @@ async def api_key(gateway) -> str:
 
 
 def caller_address() -> str:
-    """A random documentation address (RFC 3849) to play a distinct caller."""
-    return f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"
+    """A random documentation address (RFC 3849) to play a distinct caller, in canonical form
+    (as the gateway keys it)."""
+    return str(ipaddress.ip_address(f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"))
 
 
 @pytest.fixture

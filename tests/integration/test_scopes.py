@@ -39,7 +39,7 @@ async def account_with_key(client) -> tuple[str, str]:
 
 
 async def set_scope(client, gateway, email: str, **scope) -> dict:
-    response = await client.put(f"/v1/admin/accounts/{email}/scope", json=scope,
+    response = await client.put("/v1/admin/account-scope", json={"email": email, **scope},
                                 headers=bearer(gateway.environ["NEUROAPI_ADMIN_TOKEN"]))
     assert response.status_code == 200, response.text
     return response.json()
@@ -114,15 +114,17 @@ async def test_no_request_started_after_a_scope_change_reaches_the_excluded_prov
 
 async def test_the_admin_api_needs_its_token_and_checks_what_it_is_given(client, gateway):
     email, _ = await account_with_key(client)
-    path = f"/v1/admin/accounts/{email}/scope"
-    assert (await client.get(path)).status_code == 401
-    assert (await client.get(path, headers=bearer("admin-wrong"))).json()["error"]["code"] == "invalid_admin_token"
+    lookup = "/v1/admin/account-scope/lookup"
+    assert (await client.post(lookup, json={"email": email})).status_code == 401
+    wrong = await client.post(lookup, json={"email": email}, headers=bearer("admin-wrong"))
+    assert wrong.json()["error"]["code"] == "invalid_admin_token"
     token = bearer(gateway.environ["NEUROAPI_ADMIN_TOKEN"])
-    assert (await client.get(path, headers=token)).json() | {"account_id": None} == {
+    assert (await client.post(lookup, json={"email": email}, headers=token)).json() | {"account_id": None} == {
         "object": "account_scope", "account_id": None, "in_house_only": False, "excluded_providers": []}
-    unknown = await client.put(path, json={"excluded_providers": ["nope"]}, headers=token)
+    unknown = await client.put("/v1/admin/account-scope", json={"email": email, "excluded_providers": ["nope"]},
+                               headers=token)
     assert unknown.status_code == 400 and "nope" in unknown.json()["error"]["message"]
-    missing = await client.get("/v1/admin/accounts/nobody@example.com/scope", headers=token)
+    missing = await client.post(lookup, json={"email": "nobody@example.com"}, headers=token)
     assert missing.status_code == 404
 
 
@@ -146,8 +148,8 @@ async def test_cli_scope_changes_are_audited_without_customer_content(client, ga
     redis = aioredis.Redis.from_url(gateway.redis.url, decode_responses=True)
     entries = [fields for _, fields in await redis.xrevrange(AUDIT_STREAM, count=50)]
     await redis.aclose()
-    account_id = (await client.get(f"/v1/admin/accounts/{email}/scope",
-                                   headers=bearer(gateway.environ["NEUROAPI_ADMIN_TOKEN"]))).json()["account_id"]
+    account_id = (await client.post("/v1/admin/account-scope/lookup", json={"email": email},
+                                    headers=bearer(gateway.environ["NEUROAPI_ADMIN_TOKEN"]))).json()["account_id"]
     mine = [e for e in entries if e.get("account_id") == account_id]
     assert [json.loads(e["after"]) for e in mine] == [
         {"in_house_only": False, "excluded_providers": []},
