@@ -2,23 +2,48 @@
 
 Besides checking keys it serves the account endpoints (``actors.account_service``): they mint
 keys and sign session tokens, which needs the same key material. Domain errors come back as
-``GatewayError`` values for the ingress to raise."""
+``GatewayError`` values for the ingress to raise, Redis out of reach too (503 with Retry-After)."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from ray import serve
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.account_service import AccountService
 from actors.accounts import Account, AccountError, AccountExists
-from actors.errors import GatewayError
+from actors.errors import GatewayError, service_unavailable
 from actors.key_material import ReplicaKeyMaterial
 from actors.key_store import KeyInfo, KeyStore, VerifiedKey
 from actors.passwords import PasswordError
 from actors.redis_conn import connect
 from actors.sessions import Session
+from actors.work_budget import Busy
 from config import logs
 from config.secrets import load_key_material
 from config.settings import Settings
+
+T = TypeVar("T")
+
+
+def redis_down_is_503(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T | GatewayError]]:
+    """Redis unreachable (after the client's retries): a 503 value with Retry-After, not a crash."""
+    @functools.wraps(method)
+    async def answer(self, *args):
+        try:
+            return await method(self, *args)
+        except (RedisConnectionError, RedisTimeoutError):
+            return service_unavailable()
+    return answer
+
+
+def busy(what: str, code: str) -> GatewayError:
+    return GatewayError(503, f"{what}; retry in a moment.", type="server_error", code=code,
+                        headers={"Retry-After": "1"})
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -33,9 +58,11 @@ class KeyVerifier:
         self._accounts = AccountService(redis, self._material.current, password_rounds=settings.password_rounds,
                                         session_ttl_s=settings.session_ttl_s)
 
+    @redis_down_is_503
     async def verify(self, presented_key: str) -> VerifiedKey | None:
         return await self._keys.verify(presented_key)
 
+    @redis_down_is_503
     async def signup(self, email: str, password: str) -> Account | GatewayError:
         try:
             return await self._accounts.signup(email, password)
@@ -45,25 +72,35 @@ class KeyVerifier:
             return GatewayError(409, f"Cannot sign up: {error}.", code="account_exists", param="email")
         except AccountError as error:
             return GatewayError(400, f"Cannot sign up: {error}.", code="invalid_email", param="email")
+        except Busy:
+            return busy("Too many sign-ups are being processed", "signup_busy")
 
-    async def login(self, email: str, password: str) -> tuple[str, Session] | None:
+    @redis_down_is_503
+    async def login(self, email: str, password: str) -> tuple[str, Session] | GatewayError | None:
         try:
             return await self._accounts.login(email, password)
         except AccountError:  # not even an email: the same answer as a wrong password
             return None
+        except Busy:
+            return busy("Too many log-ins are being processed", "login_busy")
 
+    @redis_down_is_503
     async def session(self, token: str) -> Session | None:
         return await self._accounts.session(token)
 
+    @redis_down_is_503
     async def logout(self, token: str) -> bool:
         return await self._accounts.logout(token)
 
+    @redis_down_is_503
     async def create_key(self, account_id: str, name: str) -> tuple[str, KeyInfo]:
         return await self._accounts.create_key(account_id, name)
 
+    @redis_down_is_503
     async def list_keys(self, account_id: str) -> list[KeyInfo]:
         return await self._accounts.list_keys(account_id)
 
+    @redis_down_is_503
     async def revoke_key(self, account_id: str, prefix: str) -> bool:
         return await self._accounts.revoke_key(account_id, prefix)
 

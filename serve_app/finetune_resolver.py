@@ -23,14 +23,19 @@ class FineTuneResolver:
         self._live: dict[str, FineTune | None] = {}
         self._generation = 0  # bumped by every invalidation: a read that raced one is not cached
 
-    async def resolve(self, model: str, account_id: str, use_cache: bool = True) -> FineTune:
+    async def resolve(self, model: str, account_id: str, use_cache: bool = True,
+                      fill_cache: bool | None = None) -> FineTune:
+        """``use_cache``: what is cached may be served; ``fill_cache`` (default: the same): a
+        registry read may be cached. The ingress serves the cache through a short Redis outage
+        but fills it only while it hears invalidations (``actors.invalidation``)."""
         name = model.removeprefix(FINETUNE_PREFIX)
+        fill_cache = use_cache if fill_cache is None else fill_cache
         if use_cache and name in self._live:
             live = self._live[name]
         else:
             generation = self._generation
             live = await self._registry.live(name)
-            if use_cache and generation == self._generation:
+            if fill_cache and generation == self._generation:
                 self._live[name] = live
         if live is None or (live.owner_account and live.owner_account != account_id):
             raise not_found(model)

@@ -12,8 +12,16 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from actors import invalidation
 from serve_app.runtime import free_port
 from tests.conftest import start_redis
+
+
+@pytest.fixture(autouse=True)
+def _no_lost_registry_wait(monkeypatch):
+    """Each Redis server here is fresh (or flushed by the test): no cache holder predates it,
+    so a broadcast need not wait for a lost holder registry to age (actors.invalidation)."""
+    monkeypatch.setattr(invalidation, "LOST_REGISTRY_WAIT_S", 0.0)
 
 
 @pytest.fixture(scope="module")
