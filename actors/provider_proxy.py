@@ -21,20 +21,21 @@ from actors.providers.base import (
     UpstreamFailure,
     refused_by_scope,
 )
-from actors.providers.client import ProviderClient
+from actors.providers.client import DEFAULT_MAX_RESPONSE_BYTES, ProviderClient
 from config import logs
 from config.catalog import Price, ProviderSpec
 
 
 @serve.deployment(max_ongoing_requests=2000, ray_actor_options={"num_cpus": 0})
 class ProviderProxy:
-    def __init__(self, name: str, spec: ProviderSpec, prices: dict[str, Price]):
+    def __init__(self, name: str, spec: ProviderSpec, prices: dict[str, Price],
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         logs.install(in_replica=True)
         self._name, self._in_house = name, spec.in_house
         api_key = os.environ.get(spec.credential_env)
         if not api_key:
             raise RuntimeError(f"{spec.credential_env} is not set in this replica's environment")
-        self._client = ProviderClient(ADAPTERS[spec.adapter](spec, api_key), prices)
+        self._client = ProviderClient(ADAPTERS[spec.adapter](spec, api_key), prices, max_response_bytes)
 
     def _refused(self, call: UpstreamCall) -> UpstreamFailure | None:
         return refused_by_scope(call, self._name, self._in_house)

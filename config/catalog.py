@@ -25,6 +25,11 @@ class ProviderSpec(_Strict):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     # Longest silence tolerated between bytes of an answer (a long prompt can think a while).
     read_timeout_s: float = Field(default=300.0, gt=0)
+    # Until the first real event of a stream (or a non-streamed answer's headers), when another
+    # candidate could still serve: a hung upstream leaves time for the fallback.
+    first_byte_timeout_s: float = Field(default=60.0, gt=0)
+    # Longest gap between real events of a started stream (SSE comments and pings do not count).
+    stream_idle_timeout_s: float = Field(default=120.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
     # Anthropic requires max_tokens; used when the caller sends none.
     default_max_tokens: int = Field(default=4096, ge=1)

@@ -39,7 +39,8 @@ def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | N
     proxies = {
         f"Provider-{name}": ProviderProxy.options(
             name=f"Provider-{name}", num_replicas=settings.providers[name].replicas
-        ).bind(name, settings.providers[name], {m: settings.prices[m] for m in settings.providers[name].models})
+        ).bind(name, settings.providers[name], {m: settings.prices[m] for m in settings.providers[name].models},
+               settings.max_response_bytes)
         for name in enabled
     }
     models = {

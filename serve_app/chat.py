@@ -1,10 +1,16 @@
 """One chat completion: try the candidates in order, fall back before the first byte, relay.
 
 Plain async code over a ``Backends`` object (Ray handles in the ingress, direct clients in unit
-tests), so the fallback and streaming rules are tested without Ray."""
+tests), so the fallback and streaming rules are tested without Ray.
+
+A ``Deadline`` bounds the whole call: each attempt is told what is left (``timeout_s``, which
+the proxy enforces), and is also bounded here, a little later, so that a proxy or model
+replica that never answers cannot hold the caller: before the first byte that is a 504, after
+it an error event."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +31,31 @@ from actors.routing import Backend
 
 logger = logging.getLogger("neuroapi.chat")
 StreamItem = StreamStart | UpstreamFailure | bytes | StreamEnd
+# How long after the deadline the ingress stops waiting for a backend that should have
+# answered its own timeout already (it is dead, or it ignores timeout_s).
+SAFETY_MARGIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a call must be over, on the event loop's clock."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(asyncio.get_running_loop().time() + seconds)
+
+    def remaining(self) -> float:
+        return self.at - asyncio.get_running_loop().time()
+
+    def safety_net(self) -> float:
+        """When the ingress gives up on a backend that has not honoured the deadline itself."""
+        return self.at + SAFETY_MARGIN_S
+
+
+def past_deadline() -> GatewayError:
+    return GatewayError(504, "The request ran past its deadline.", "server_error", "upstream_timeout")
 
 
 class Backends(Protocol):
@@ -48,11 +79,19 @@ def _no_candidate() -> GatewayError:
 
 
 async def complete_chat(
-    backends: Backends, order: Sequence[Backend], call: UpstreamCall, outcome: Outcome
+    backends: Backends, order: Sequence[Backend], call: UpstreamCall, outcome: Outcome,
+    deadline: Deadline | None = None,
 ) -> Completion:
     failure: UpstreamFailure | None = None
-    for backend in order:
-        result = await backends.complete(backend, _for(call, backend))
+    for index, backend in enumerate(order):
+        attempt = _attempt(call, backend, deadline, more=index + 1 < len(order))
+        if attempt is None:
+            raise past_deadline()
+        try:
+            async with asyncio.timeout_at(deadline and deadline.safety_net()):
+                result = await backends.complete(backend, attempt)
+        except TimeoutError:
+            result = _unanswered(backend)
         outcome.backend, outcome.upstream_ms = backend, outcome.upstream_ms + result.upstream_ms
         if isinstance(result, Completion):
             outcome.usage = result.usage
@@ -65,19 +104,27 @@ async def complete_chat(
 
 
 async def open_chat_stream(
-    backends: Backends, order: Sequence[Backend], call: UpstreamCall, outcome: Outcome
+    backends: Backends, order: Sequence[Backend], call: UpstreamCall, outcome: Outcome,
+    deadline: Deadline | None = None,
 ) -> AsyncIterator[bytes]:
     """Returns once an upstream has sent its first byte, with the SSE body to send on.
 
     Raises the last failure's GatewayError when no candidate got that far."""
     failure: UpstreamFailure | None = None
-    for backend in order:
-        events = backends.stream(backend, _for(call, backend))
-        first = await anext(events, None)
+    for index, backend in enumerate(order):
+        attempt = _attempt(call, backend, deadline, more=index + 1 < len(order))
+        if attempt is None:
+            raise past_deadline()
+        events = backends.stream(backend, attempt)
+        try:
+            async with asyncio.timeout_at(deadline and deadline.safety_net()):
+                first = await anext(events, None)
+        except TimeoutError:
+            first = _unanswered(backend)
         outcome.backend = backend
         if isinstance(first, StreamStart):
             outcome.upstream_ms += first.upstream_ms
-            return _relay(first, events, outcome)
+            return _relay(first, events, outcome, deadline)
         await events.aclose()
         if not isinstance(first, UpstreamFailure):
             first = UpstreamFailure(_no_candidate(), retriable=True, upstream_ms=0.0)
@@ -94,8 +141,17 @@ def _note(backend: Backend, failure: UpstreamFailure) -> None:
                 "; trying the next candidate" if failure.retriable else "")
 
 
-def _for(call: UpstreamCall, backend: Backend) -> UpstreamCall:
-    return replace(call, model=backend.model, adapter=backend.finetune)
+def _attempt(call: UpstreamCall, backend: Backend, deadline: Deadline | None, more: bool) -> UpstreamCall | None:
+    """The call for one candidate, with what is left of the deadline (None: nothing is left)."""
+    timeout_s = deadline.remaining() if deadline else None
+    if timeout_s is not None and timeout_s <= 0:
+        return None
+    return replace(call, model=backend.model, adapter=backend.finetune, timeout_s=timeout_s, more_candidates=more)
+
+
+def _unanswered(backend: Backend) -> UpstreamFailure:
+    logger.warning("backend %s gave no answer by the deadline", backend.deployment)
+    return UpstreamFailure(past_deadline(), retriable=True, upstream_ms=0.0)
 
 
 def error_event(error: GatewayError) -> bytes:
@@ -103,11 +159,21 @@ def error_event(error: GatewayError) -> bytes:
     return encode(json.dumps(error.body()))
 
 
-async def _relay(first: StreamStart, events: AsyncIterator[StreamItem], outcome: Outcome) -> AsyncIterator[bytes]:
+async def _relay(first: StreamStart, events: AsyncIterator[StreamItem], outcome: Outcome,
+                 deadline: Deadline | None = None) -> AsyncIterator[bytes]:
     try:
         if first.first:
             yield first.first
-        async for item in events:
+        while True:
+            try:  # bounded per item, never across the yield (the caller's pace is not ours)
+                async with asyncio.timeout_at(deadline and deadline.safety_net()):
+                    item = await anext(events, None)
+            except TimeoutError:
+                outcome.error = past_deadline()
+                yield error_event(outcome.error)
+                return
+            if item is None:
+                break
             if isinstance(item, bytes):
                 yield item
             elif isinstance(item, StreamEnd):

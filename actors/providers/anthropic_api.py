@@ -6,7 +6,8 @@ the provider's ``default_max_tokens``; ``stop`` becomes ``stop_sequences``; ``us
 ``metadata.user_id``. Answer: text blocks join into one message; ``stop_reason`` maps to
 ``finish_reason``; input tokens count cache reads and writes too. Stream: ``message_start``,
 ``content_block_delta``, ``message_delta`` and ``message_stop`` become OpenAI chunks; ``error``
-events become a stream error."""
+events become a stream error. Answers and events are checked against their documented shapes
+(``MalformedAnswer`` otherwise): an OpenAI-shaped body, say, is unreadable, not an empty 200."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import time
 from typing import Any
 
 from actors.providers.base import (
+    MalformedAnswer,
     ProviderAdapter,
     StreamTranslator,
     UpstreamCall,
     Usage,
     failure_in_stream,
+    is_count,
+    require,
 )
 from actors.providers.sse import SSEEvent, encode
 
@@ -48,11 +52,41 @@ def _blocks(content: str | list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"type": "text", "text": part["text"]} for part in content]
 
 
+_INPUT_COUNTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _counts(usage: Any, where: str) -> dict[str, int]:
+    """A usage object's token counts (absent or null = 0), each a non-negative int."""
+    require(isinstance(usage, dict), where)
+    counts = {name: usage.get(name) or 0 for name in (*_INPUT_COUNTS, "output_tokens")}
+    require(all(is_count(count) for count in counts.values()), f"{where} token counts")
+    return counts
+
+
 def _input_tokens(usage: dict[str, Any]) -> int:
-    return sum(
-        int(usage.get(name) or 0)
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
+    return sum(usage[name] for name in _INPUT_COUNTS)
+
+
+def _event_data(event: SSEEvent) -> dict[str, Any]:
+    if not event.data:
+        return {}
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        raise MalformedAnswer("an SSE event that is not JSON") from None
+    require(isinstance(data, dict), "an event object")
+    return data
+
+
+def _text_blocks(content: Any) -> str:
+    require(isinstance(content, list), "content")
+    text = []
+    for block in content:
+        require(isinstance(block, dict) and isinstance(block.get("type"), str), "content[]")
+        if block["type"] == "text":
+            require(isinstance(block.get("text"), str), "content[].text")
+            text.append(block["text"])
+    return "".join(text)
 
 
 def to_anthropic(call: UpstreamCall, default_max_tokens: int, stream: bool) -> dict[str, Any]:
@@ -107,31 +141,44 @@ class AnthropicStreamTranslator(StreamTranslator):
         self._created = 0
         self._input_tokens = 0
         self._output_tokens = 0
+        self._started = False
 
     def feed(self, event: SSEEvent) -> list[bytes]:
-        data = json.loads(event.data) if event.data else {}
+        data = _event_data(event)
         kind = data.get("type") or event.event
         if kind == "message_start":
-            message = data["message"]
+            message = data.get("message")
+            require(isinstance(message, dict), "message_start.message")
+            require(isinstance(message.get("id"), str) and isinstance(message.get("model"), str),
+                    "message_start.message id and model")
             self._id = "chatcmpl-" + message["id"]
             self._model = message["model"]
             self._created = int(time.time())
-            usage = message.get("usage") or {}
+            usage = _counts(message.get("usage") or {}, "message_start.message.usage")
             self._input_tokens = _input_tokens(usage)
-            self._output_tokens = int(usage.get("output_tokens") or 0)
+            self._output_tokens = usage["output_tokens"]
+            self._started = True
             return [_chunk(self._id, self._model, self._created, {"role": "assistant", "content": ""})]
+        if kind in ("content_block_delta", "message_delta", "message_stop"):
+            require(self._started, f"{kind} before message_start")
         if kind == "content_block_delta":
-            delta = data.get("delta") or {}
-            if delta.get("type") == "text_delta" and delta.get("text"):
-                return [_chunk(self._id, self._model, self._created, {"content": delta["text"]})]
+            delta = data.get("delta")
+            require(isinstance(delta, dict), "content_block_delta.delta")
+            if delta.get("type") == "text_delta":
+                require(isinstance(delta.get("text"), str), "content_block_delta.delta.text")
+                if delta["text"]:
+                    return [_chunk(self._id, self._model, self._created, {"content": delta["text"]})]
             return []
         if kind == "message_delta":
-            usage = data.get("usage") or {}
-            self._output_tokens = int(usage.get("output_tokens") or self._output_tokens)
-            if any(usage.get(n) is not None for n in ("input_tokens", "cache_read_input_tokens",
-                                                         "cache_creation_input_tokens")):
+            raw_usage = data.get("usage") or {}
+            usage = _counts(raw_usage, "message_delta.usage")
+            self._output_tokens = usage["output_tokens"] or self._output_tokens
+            if any(raw_usage.get(n) is not None for n in _INPUT_COUNTS):
                 self._input_tokens = max(self._input_tokens, _input_tokens(usage))
-            reason = (data.get("delta") or {}).get("stop_reason")
+            delta = data.get("delta") or {}
+            require(isinstance(delta, dict), "message_delta.delta")
+            reason = delta.get("stop_reason")
+            require(isinstance(reason, (str, type(None))), "message_delta.delta.stop_reason")
             if reason:
                 return [_chunk(self._id, self._model, self._created, {},
                                FINISH_REASONS.get(reason, "stop"))]
@@ -146,8 +193,12 @@ class AnthropicStreamTranslator(StreamTranslator):
                 }
             return []
         if kind == "error":
-            raise failure_in_stream((data.get("error") or {}).get("type"))
+            error = data.get("error")
+            raise failure_in_stream(error.get("type") if isinstance(error, dict) else None)
         return []  # ping, content_block_start/stop, and event types added later
+
+    def is_keepalive(self, event: SSEEvent) -> bool:
+        return event.event == "ping"
 
 
 class AnthropicAdapter(ProviderAdapter):
@@ -171,9 +222,13 @@ class AnthropicAdapter(ProviderAdapter):
 
     def completion(self, call: UpstreamCall, raw: bytes) -> tuple[dict[str, Any], Usage | None]:
         message = json.loads(raw)
-        usage_fields = message.get("usage") or {}
-        usage = Usage(_input_tokens(usage_fields), int(usage_fields.get("output_tokens") or 0))
-        text = "".join(b.get("text", "") for b in message.get("content", []) if b.get("type") == "text")
+        require(isinstance(message, dict) and message.get("type") == "message", "a message object")
+        require(isinstance(message.get("id"), str) and isinstance(message.get("model"), str), "id and model")
+        require("usage" in message, "usage")
+        counts = _counts(message["usage"], "usage")
+        usage = Usage(_input_tokens(counts), counts["output_tokens"])
+        text = _text_blocks(message.get("content"))
+        require(isinstance(message.get("stop_reason"), (str, type(None))), "stop_reason")
         body = {
             "id": "chatcmpl-" + message["id"],
             "object": "chat.completion",

@@ -27,6 +27,12 @@ class UpstreamCall:
     client_wants_usage: bool = False  # stream_options.include_usage from the caller
     scope: Scope = UNRESTRICTED  # the account's: a proxy the scope forbids refuses before connecting
     adapter: Adapter | None = None  # a fine-tune to apply (in-house models only)
+    # Seconds left of the request's deadline when this attempt starts (relative: clocks differ
+    # between machines); None = no deadline. The proxy stops the attempt when it passes.
+    timeout_s: float | None = None
+    # Another candidate follows: a non-streamed attempt then gets only the provider's
+    # first-byte bound, so the fallback still has time. The last one may use the whole deadline.
+    more_candidates: bool = False
 
     def __repr__(self) -> str:  # the body is the prompt: never in a log line or a traceback
         return f"UpstreamCall(request_id={self.request_id!r}, model={self.model!r})"
@@ -95,7 +101,32 @@ class StreamTranslator(ABC):
 
     @abstractmethod
     def feed(self, event: SSEEvent) -> list[bytes]:
-        """Our encoded SSE events for one upstream event; raises StreamFailed."""
+        """Our encoded SSE events for one upstream event; raises StreamFailed, or
+        MalformedAnswer for an event that is not in the provider's documented shape."""
+
+    def is_keepalive(self, event: SSEEvent) -> bool:
+        """An event that only says the connection is alive: it does not reset the idle bound."""
+        return False
+
+
+class MalformedAnswer(ValueError):
+    """An upstream answer (or stream event) not in the provider's documented shape."""
+
+
+def require(condition: bool, what: str) -> None:
+    """Shape checks on an upstream's answer; ``what`` names the field, never its value."""
+    if not condition:
+        raise MalformedAnswer(what)
+
+
+def is_count(value: Any) -> bool:
+    """A token count: a non-negative int (JSON true/false are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def unreadable() -> GatewayError:
+    return GatewayError(502, "The upstream provider sent an unreadable answer.", "server_error",
+                        "upstream_error")
 
 
 def refused_by_scope(call: UpstreamCall, provider: str, in_house: bool) -> UpstreamFailure | None:
@@ -115,7 +146,13 @@ def priced_json(payload: dict[str, Any], cost_units: str) -> bytes:
     (a JSON number written from its text: no float ever holds money)."""
     usage = payload.setdefault("usage", {})
     usage["cost_units"] = _COST_PLACEHOLDER
-    return json.dumps(payload).replace(json.dumps(_COST_PLACEHOLDER), cost_units).encode()
+    return json_bytes(payload).replace(json.dumps(_COST_PLACEHOLDER).encode(), cost_units.encode())
+
+
+def json_bytes(payload: Any) -> bytes:
+    """JSON in UTF-8 as is (not \\u escapes, up to 6 bytes a character), so an answer keeps the
+    size the provider sent; a lone surrogate (only ever inside a JSON string) stays escaped."""
+    return json.dumps(payload, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 # Statuses after which another candidate may well succeed: our side of the provider is at

@@ -3,11 +3,19 @@
 Provider-neutral: the adapter says how to build the request and read the answer; this module
 owns connections, timeouts, the failure classification and stream batching, and prices each
 answer (``usage.cost_units`` in the body, and in the usage chunk a streaming caller asked for).
-Everything it returns is a value (never an exception), so it crosses a Ray handle unchanged."""
+Everything it returns is a value (never an exception), so it crosses a Ray handle unchanged.
+
+Bounds on every attempt (``AttemptClock``): what is left of the request's deadline
+(``UpstreamCall.timeout_s``); the provider's ``first_byte_timeout_s`` until the first real
+event (or a non-streamed answer's headers) when another candidate could still serve; then
+``stream_idle_timeout_s`` between real events (SSE comments and pings do not count). A body
+over ``max_response_bytes`` or an SSE line over the decoder's bound is unreadable (502) and is
+never read further."""
 
 from __future__ import annotations
 
-import json
+import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -26,12 +34,19 @@ from actors.providers.base import (
     Usage,
     error_message_of,
     failure_for_status,
+    json_bytes,
     priced_json,
+    unreadable,
 )
 from actors.providers.sse import SSEDecoder, encode
-from config.catalog import Price
+from config.catalog import Price, ProviderSpec
 
 MAX_ERROR_BODY = 64 * 1024
+# Serve's handle messages to and from a replica are capped at 4 MiB (ray.serve constant
+# RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH); an answer must fit in one with room to spare.
+DEFAULT_MAX_RESPONSE_BYTES = 3 << 20
+# Anything the answer's shape checks can raise; each means "unreadable", never a 500.
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
 def _elapsed_ms(started: float) -> float:
@@ -48,18 +63,67 @@ def _transport_failure(error: httpx.HTTPError, started: float) -> UpstreamFailur
     return UpstreamFailure(gateway_error, retriable=True, upstream_ms=_elapsed_ms(started))
 
 
-async def _error_body(response: httpx.Response) -> bytes:
-    body = b""
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The body, or its first ``limit + 1`` bytes or so: reading stops past the limit."""
+    body = bytearray()
     async for piece in response.aiter_bytes():
         body += piece
-        if len(body) >= MAX_ERROR_BODY:
+        if len(body) > limit:
             break
-    return body
+    return bytes(body)
 
 
-def _unreadable() -> GatewayError:
-    return GatewayError(502, "The upstream provider sent an unreadable answer.", "server_error",
-                        "upstream_error")
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(502, f"The upstream provider's answer is larger than the gateway relays ({limit} bytes).",
+                        "server_error", "upstream_error")
+
+
+_TIMEOUTS = {
+    "deadline": "The request ran past its deadline.",
+    "first_byte": "The upstream provider did not start answering in time.",
+    "idle": "The upstream provider stopped sending.",
+}
+
+
+def timed_out(reason: str) -> GatewayError:
+    return GatewayError(504, _TIMEOUTS[reason], "server_error", "upstream_timeout")
+
+
+class AttemptClock:
+    """The time bounds of one attempt, on the event loop's clock.
+
+    ``until()`` is when the current wait must end (None: no bound) and records which bound
+    that is, so a ``TimeoutError`` can be told apart as ``reason``."""
+
+    def __init__(self, spec: ProviderSpec, call: UpstreamCall):
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
+        self._deadline = now + call.timeout_s if call.timeout_s is not None else math.inf
+        # The first-byte bound leaves time for a fallback; with none left, only the deadline
+        # bounds a slow start (a long non-streamed answer or a model that thinks first).
+        self._phase_end = now + spec.first_byte_timeout_s if call.more_candidates else math.inf
+        self._phase = "first_byte"
+        self._idle_s = spec.stream_idle_timeout_s
+        self.reason = "deadline"
+
+    def answering(self, idle_bound: bool) -> None:
+        """The answer has started: from now on the idle bound (a stream) or only the deadline."""
+        self._phase = "idle" if idle_bound else "deadline"
+        self.progress()
+
+    def progress(self) -> None:
+        """A real event arrived: the idle bound starts again."""
+        if self._phase == "idle":
+            self._phase_end = self._loop.time() + self._idle_s
+        elif self._phase == "deadline":
+            self._phase_end = math.inf
+
+    def until(self) -> float | None:
+        if self._deadline <= self._phase_end:
+            self.reason = "deadline"
+            return None if self._deadline == math.inf else self._deadline
+        self.reason = self._phase
+        return self._phase_end
 
 
 def _status_failure(status: int, body: bytes, started: float) -> UpstreamFailure:
@@ -68,10 +132,12 @@ def _status_failure(status: int, body: bytes, started: float) -> UpstreamFailure
 
 
 class ProviderClient:
-    def __init__(self, adapter: ProviderAdapter, prices: Mapping[str, Price] | None = None):
+    def __init__(self, adapter: ProviderAdapter, prices: Mapping[str, Price] | None = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         spec = adapter.spec
         self.adapter = adapter
         self._prices = dict(prices or {})
+        self._max_response = max_response_bytes
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=spec.connect_timeout_s, read=spec.read_timeout_s, write=30.0, pool=30.0
@@ -91,36 +157,65 @@ class ProviderClient:
     def _encode(self, payload: dict, model: str, usage: Usage | None) -> bytes:
         price = self._prices.get(model)
         if price is None or usage is None:
-            return json.dumps(payload).encode()
+            return json_bytes(payload)
         return priced_json(payload, cost_units_text(cost_micro_units(price, usage.prompt_tokens,
                                                                      usage.completion_tokens)))
 
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
         url, headers, body = self.adapter.request(call, stream=False)
         started = time.perf_counter()
+        clock = AttemptClock(self.adapter.spec, call)
+        response: httpx.Response | None = None
         try:
-            response = await self._http.post(url, headers=headers, json=body)
+            async with asyncio.timeout_at(clock.until()):
+                response = await self._http.send(
+                    self._http.build_request("POST", url, headers=headers, json=body), stream=True)
+            clock.answering(idle_bound=False)
+            if response.status_code != 200:
+                async with asyncio.timeout_at(clock.until()):
+                    error_body = await _read_at_most(response, MAX_ERROR_BODY)
+                return _status_failure(response.status_code, error_body[:MAX_ERROR_BODY], started)
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self._max_response:
+                return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
+            async with asyncio.timeout_at(clock.until()):
+                raw = await _read_at_most(response, self._max_response)
+        except TimeoutError:
+            return UpstreamFailure(timed_out(clock.reason), retriable=True, upstream_ms=_elapsed_ms(started))
         except httpx.HTTPError as error:
             return _transport_failure(error, started)
-        if response.status_code != 200:
-            return _status_failure(response.status_code, response.content[:MAX_ERROR_BODY], started)
+        finally:
+            if response is not None:
+                await response.aclose()
+        if len(raw) > self._max_response:
+            return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
         try:
-            payload, usage = self.adapter.completion(call, response.content)
+            payload, usage = self.adapter.completion(call, raw)
             answer = self._encode(payload, call.model, usage)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return UpstreamFailure(_unreadable(), retriable=True, upstream_ms=_elapsed_ms(started))
+        except _UNREADABLE:
+            return UpstreamFailure(unreadable(), retriable=True, upstream_ms=_elapsed_ms(started))
+        if len(answer) > self._max_response:  # translated or priced, it grew past the bound
+            return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
         return Completion(answer, usage, _elapsed_ms(started))
 
     async def stream(
         self, call: UpstreamCall
     ) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
-        """Events read in one network read are sent as one item: fewer Ray messages, no wait."""
+        """Events read in one network read are sent as one item: fewer Ray messages, no wait.
+
+        Each read is bounded on its own (never across a ``yield``: the caller's time between
+        items is not the upstream's silence)."""
         url, headers, body = self.adapter.request(call, stream=True)
         started = time.perf_counter()
+        clock = AttemptClock(self.adapter.spec, call)
         try:
-            response = await self._http.send(
-                self._http.build_request("POST", url, headers=headers, json=body), stream=True
-            )
+            async with asyncio.timeout_at(clock.until()):
+                response = await self._http.send(
+                    self._http.build_request("POST", url, headers=headers, json=body), stream=True
+                )
+        except TimeoutError:
+            yield UpstreamFailure(timed_out(clock.reason), retriable=True, upstream_ms=_elapsed_ms(started))
+            return
         except httpx.HTTPError as error:
             yield _transport_failure(error, started)
             return
@@ -128,12 +223,21 @@ class ProviderClient:
         started_answer = False
         try:
             if response.status_code != 200:
-                yield _status_failure(response.status_code, await _error_body(response), started)
+                async with asyncio.timeout_at(clock.until()):
+                    error_body = await _read_at_most(response, MAX_ERROR_BODY)
+                yield _status_failure(response.status_code, error_body[:MAX_ERROR_BODY], started)
                 return
             decoder = SSEDecoder()
-            async for piece in response.aiter_bytes():
+            reader = response.aiter_bytes()
+            while not translator.finished:
+                async with asyncio.timeout_at(clock.until()):
+                    piece = await anext(reader, None)
+                if piece is None:
+                    break
                 out: list[bytes] = []
+                progress = False
                 for event in decoder.feed(piece):
+                    progress = progress or not translator.is_keepalive(event)
                     out += translator.feed(event)
                     if translator.finished:
                         break
@@ -142,9 +246,10 @@ class ProviderClient:
                         yield b"".join(out)
                     else:
                         started_answer = True
+                        clock.answering(idle_bound=True)
                         yield StreamStart(_elapsed_ms(started), b"".join(out))
-                if translator.finished:
-                    break
+                if progress:
+                    clock.progress()
             if not translator.finished:
                 raise StreamFailed(
                     GatewayError(502, "The upstream provider ended the answer early.",
@@ -152,7 +257,7 @@ class ProviderClient:
                 )
             last = b""
             if translator.usage_chunk is not None:  # the caller asked for usage: last, priced
-                last = encode(self._encode(translator.usage_chunk, call.model, translator.usage).decode())
+                last = encode(self._encode(translator.usage_chunk, call.model, translator.usage))
             if not started_answer:  # a finished answer with no events before the end
                 started_answer = True
                 yield StreamStart(_elapsed_ms(started), last)
@@ -162,10 +267,12 @@ class ProviderClient:
             return
         except StreamFailed as failure:
             error, retriable = failure.error, failure.retriable
+        except TimeoutError:
+            error, retriable = timed_out(clock.reason), True
         except httpx.HTTPError as transport_error:
             error, retriable = _transport_failure(transport_error, started).error, True
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            error, retriable = _unreadable(), True
+        except _UNREADABLE:  # a malformed event, an over-long line, bytes that are not UTF-8
+            error, retriable = unreadable(), True
         finally:
             # Also runs when the caller goes away mid-stream: the upstream request is cancelled.
             await response.aclose()

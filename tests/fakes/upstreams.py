@@ -50,6 +50,13 @@ class Behaviour:
     gap_s: float = 0.0  # between streamed tokens
     tokens: int | None = None  # answer length in tokens (default: echo the prompt)
     unparseable: bool = False  # a 200 whose JSON is an array (echoing the prompt), not the provider's shape
+    # Hostile or broken upstreams (each after the credential check, with a 200):
+    # Exactly this body (JSON for a plain call, SSE for a stream); a list is sent piece by
+    # piece, gap_s apart (so the gateway reads them separately).
+    raw: bytes | list[bytes] | None = None
+    comments_only: bool = False  # a stream of `: ping` comments and nothing else, for up to 60 s
+    stall_after: int | None = None  # stream this many tokens, then only comments, for up to 60 s
+    body_bytes: int = 0  # a body this large, sent in 64 KiB pieces (a stream: one SSE line)
 
 
 def _text_of(content: Any) -> str:
@@ -152,6 +159,8 @@ class FakeUpstreams:
         body = recorded.body
         if behaviour.unparseable:
             return _unparseable(body, behaviour)
+        if _hostile(behaviour):
+            return _hostile_answer(body, behaviour)
         words = _answer_words(body, behaviour)
         usage = {"prompt_tokens": _prompt_tokens(body), "completion_tokens": len(words),
                  "total_tokens": _prompt_tokens(body) + len(words)}
@@ -182,6 +191,9 @@ class FakeUpstreams:
             try:
                 yield chunk({"role": "assistant", "content": "", "refusal": None})
                 for index, word in enumerate(words):
+                    if index == behaviour.stall_after:
+                        async for comment in _comments():
+                            yield comment
                     if (behaviour.mid_stream_error or behaviour.truncate) and index == 2:
                         if behaviour.mid_stream_error:
                             yield b'data: {"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}}\n\n'
@@ -221,6 +233,8 @@ class FakeUpstreams:
             return _anthropic_error(behaviour.status, kind, f"fake failure {behaviour.status}")
         if behaviour.unparseable:
             return _unparseable(body, behaviour)
+        if _hostile(behaviour):
+            return _hostile_answer(body, behaviour, anthropic=True)
         words = _answer_words(body, behaviour)
         message_id = "msg_" + uuid.uuid4().hex[:24]
         input_tokens = _prompt_tokens(body)
@@ -247,6 +261,9 @@ class FakeUpstreams:
                                                     "content_block": {"type": "text", "text": ""}})
                 yield event("ping", {"type": "ping"})
                 for index, word in enumerate(words):
+                    if index == behaviour.stall_after:
+                        async for ping in _comments(anthropic=True):
+                            yield ping
                     if (behaviour.mid_stream_error or behaviour.truncate) and index == 2:
                         if behaviour.mid_stream_error:
                             yield event("error", {"type": "error", "error": {
@@ -265,6 +282,45 @@ class FakeUpstreams:
                 recorded.closed_at = time.monotonic()
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _hostile(behaviour: Behaviour) -> bool:
+    return behaviour.raw is not None or behaviour.comments_only or behaviour.body_bytes > 0
+
+
+async def _comments(anthropic: bool = False):
+    """Keep-alives and nothing else, until the client leaves (or 60 s): SSE comments, or the
+    ``ping`` events Anthropic sends."""
+    for _ in range(1200):
+        yield b'event: ping\ndata: {"type": "ping"}\n\n' if anthropic else b": ping\n\n"
+        await asyncio.sleep(0.05)
+
+
+def _hostile_answer(body: dict[str, Any], behaviour: Behaviour, anthropic: bool = False) -> Response:
+    media_type = "text/event-stream" if body.get("stream") else "application/json"
+    if isinstance(behaviour.raw, bytes):
+        return Response(behaviour.raw, media_type=media_type)
+    if behaviour.raw is not None:
+        async def pieces():
+            for index, piece in enumerate(behaviour.raw):
+                if index:
+                    await asyncio.sleep(behaviour.gap_s or 0.05)
+                yield piece
+
+        return StreamingResponse(pieces(), media_type=media_type)
+    if behaviour.comments_only:
+        return StreamingResponse(_comments(anthropic), media_type=media_type)
+
+    async def padding():  # never the whole body in memory at once
+        head = b"data: " if body.get("stream") else b'{"pad": "'
+        yield head
+        left = behaviour.body_bytes - len(head)
+        while left > 0:
+            yield b"x" * min(left, 64 * 1024)
+            left -= 64 * 1024
+        yield b"\n\n" if body.get("stream") else b'"}'
+
+    return StreamingResponse(padding(), media_type=media_type)
 
 
 def _unparseable(body: dict[str, Any], behaviour: Behaviour) -> Response:

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from actors.api_keys import _checksum, parse_key
 from actors.key_crypto import KeyCrypto
-from actors.key_store import KeyStore
+from actors.key_store import KeyStore, key_record_key
 from config.secrets import load_key_material
 from config.settings import load_settings
 from tests.fakes.upstreams import CREDENTIALS, Behaviour
@@ -101,26 +101,31 @@ async def test_no_log_holds_a_key_a_session_token_or_a_prompt(gateway, client, a
     status, streamed = await chat(api_key, "gpt-4o-mini", stream=True)  # fails mid-stream
     statuses.append(status)
     assert '"error"' in streamed and "Echo:" in streamed
-    # A non-streamed answer the adapter cannot parse is a 502 ("unreadable"); a streamed one
-    # escapes ProviderClient as AttributeError: the proxy deployment raises while the prompt is
-    # in play, and Serve logs the traceback in both replicas. (Should the stream path come to
-    # catch it too, that becomes a 502: find another raise.)
+    # An answer the adapter cannot read is a 502 ("unreadable"), streamed or not.
     statuses.append((await chat(api_key, "gpt-4o-mini"))[0])
     statuses.append((await chat(api_key, "claude-haiku-4-5", stream=True))[0])  # streams fine
     statuses.append((await chat(api_key, "claude-haiku-4-5", stream=True))[0])  # unparseable, streamed
+    # An exception inside a deployment while a key and the prompt are in play: a corrupt key
+    # record makes the verifier raise (ValueError), Serve logs the traceback, the caller gets 500.
+    broken = await mint_key(gateway)
+    redis = aioredis.Redis.from_url(gateway.redis.url, decode_responses=True)
+    await redis.hset(key_record_key(parse_key(broken).prefix), "pepper_version", "not-a-version")
+    await redis.aclose()
+    statuses.append((await chat(broken, "gpt-4o-mini"))[0])
     models = await client.get("/v1/models", headers={"x-api-key": api_key, "Cookie": f"nsess={session_token}"})
     statuses.append(models.status_code)
-    assert statuses == [401, 401, 401, 502, 200, 502, 200, 500, 200]
+    assert statuses == [401, 401, 401, 502, 200, 502, 200, 502, 500, 200]
     assert any(canary in json.dumps(r.body) for r in upstreams.requests)  # it did go through
 
     logs = session_logs()
     prefix, revoked_prefix = parse_key(api_key).prefix, parse_key(revoked).prefix
     # The prefix (and only the prefix) is logged where a key is rejected: support can find it.
     await wait_for_lines(logs, [f"key {prefix} rejected: ", f"key {revoked_prefix} rejected: ",
-                                "upstream openai/gpt-4o-mini failed", "AttributeError"])
+                                "upstream openai/gpt-4o-mini failed", "ValueError"])
 
     needles = {
         "key": parse_key(api_key).secret, "revoked key": parse_key(revoked).secret,
+        "broken key": parse_key(broken).secret,
         "wrong key": parse_key(wrong).secret, "typo'd key": typo.rsplit("_", 1)[1],
         "canary": canary, "session token": session_token.removeprefix("nsess_"),
     }
