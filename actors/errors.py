@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -37,6 +38,11 @@ class GatewayError(Exception):
     def __repr__(self) -> str:
         return f"GatewayError({self.status}, {self.code!r}, {self.message!r})"
 
+    def rendered(self) -> bytes:
+        """The response body, byte for byte: what the caller gets and what its call record
+        counts (compact UTF-8 JSON, as Starlette's ``JSONResponse`` renders)."""
+        return json.dumps(self.body(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
     def body(self) -> dict[str, Any]:
         return {
             "error": {
@@ -54,4 +60,15 @@ def invalid_api_key() -> GatewayError:
         "Invalid API key. Send 'Authorization: Bearer neuro_...' with a key from "
         "'neuroapi keys create'.",
         code="invalid_api_key",
+    )
+
+
+def service_unavailable(retry_after_s: int = 2) -> GatewayError:
+    """What cannot be answered while the gateway's store (Redis) is unreachable: retry soon."""
+    return GatewayError(
+        503,
+        f"The gateway cannot reach its data store right now; retry after {retry_after_s} s.",
+        type="server_error",
+        code="service_unavailable",
+        headers={"Retry-After": str(retry_after_s)},
     )

@@ -13,7 +13,14 @@ records go to the spill too, so order holds. Once Redis accepts writes, the memo
 written, then the spill files oldest first, each deleted once written. On shutdown whatever
 could not be written in time is spilled; a later batcher on the same directory adopts and
 replays the files of one that is gone (``actors.metering_spill``). Only
-if the spill write itself fails are records dropped. Spilling and dropping are logged
+if the spill write itself fails are records dropped.
+
+With a spill directory, what waits in memory is also in a write-ahead log there (``_MemoryLog``):
+``add`` appends the received records (one ``os.write``) before it returns, so before the ingress
+is told they are taken (and deletes its own log of them); a log segment is deleted once all its
+records have left memory (written, or spilled at shutdown). A batcher killed (``kill -9``) leaves
+the log as an orphan, which the next batcher (or another live one, every ``adopt_every_s``)
+adopts and replays; a record already written counts once. Spilling and dropping are logged
 (rate-limited, counts only) and counted: ``spilled_total``, ``dropped_total``."""
 
 from __future__ import annotations
@@ -68,6 +75,56 @@ class _RateLimitedLog:
         logger.log(level, message, *args)
 
 
+class _MemoryLog:
+    """The batcher's memory buffer, on disk: ``SpillFiles`` used as a write-ahead log (as the
+    ingress keeps one). Segments are cut when a batch is taken for writing; each remembers how
+    many records had entered memory by then, and is deleted once that many have left it."""
+
+    def __init__(self, root: Path):
+        self._files = SpillFiles(root)
+        self._in = 0  # records that entered memory, in all
+        self._out = 0  # records that left memory, in all
+        self._ends: deque[int] = deque()  # per closed segment, oldest first: ``_in`` when it was cut
+        self.gap = 0  # records in memory that the log failed to take
+
+    def append(self, records: list[CallRecord]) -> None:
+        """Raises ``OSError`` (the records are then in memory only)."""
+        self._in += len(records)
+        try:
+            self._files.append(records)
+        except OSError:
+            self.gap += len(records)
+            raise
+
+    def cut(self) -> None:
+        try:
+            closed = self._files.seal()
+        except OSError:  # the segment stays open and grows: deleted later, or replayed (counted once)
+            return
+        if len(self._ends) < closed:
+            self._ends.append(self._in)
+
+    def left_memory(self, count: int) -> None:
+        self._out += count
+        done = 0
+        while self._ends and self._ends[0] <= self._out:
+            self._ends.popleft()
+            done += 1
+        try:
+            self._files.discard(done)
+        except OSError as error:  # left behind: replayed by a later batcher, counted once
+            logger.error("metering: could not delete a write-ahead log segment (%s)", type(error).__name__)
+        if self._out == self._in:
+            self.gap = 0
+
+    def close(self, keep: bool) -> None:
+        """Release the log; unless ``keep``, first delete it (memory is written or spilled)."""
+        if not keep:
+            self._files.discard(self._files.seal())
+            self._ends.clear()
+        self._files.close()
+
+
 class Batcher:
     def __init__(
         self,
@@ -79,6 +136,8 @@ class Batcher:
         spill_dir: Path | None = None,
         retry_initial_s: float = 0.1,
         retry_max_s: float = 2.0,
+        adopt_every_s: float = 5.0,
+        memory_log: bool = True,
         on_event: Callable[[str, int], None] | None = None,
     ):
         """``on_event(kind, count)`` is told of each ``written`` batch and of ``spilled`` and
@@ -93,6 +152,11 @@ class Batcher:
         self._retry_max_s = retry_max_s
         self._on_event = on_event
         self._spill = SpillFiles(spill_dir) if spill_dir is not None else None
+        self._memory_log = _MemoryLog(spill_dir) if spill_dir is not None and memory_log else None
+        # Orphans appear while we run too: an ingress replica that died (its write-ahead log),
+        # or that handed its log over while we were unreachable.
+        self._adopt_every_s = adopt_every_s
+        self._next_adopt = 0.0
         self._buffer: deque[tuple[float, CallRecord]] = deque()  # (monotonic time added, record)
         self._replay: list[CallRecord] | None = None  # a chunk read from the spill, being written
         self._log = _RateLimitedLog()
@@ -141,6 +205,7 @@ class Batcher:
         if not (self._spill is not None and self._spill.has_data):  # else spill, to keep order
             room = max(self._capacity - len(self._buffer), 0)
             now = time.monotonic()
+            self._log_memory(valid[:room])
             self._buffer.extend((now, r) for r in valid[:room])
             self._accepted += min(room, len(valid))
             overflow = valid[room:]
@@ -148,6 +213,15 @@ class Batcher:
             self._spill_or_drop(overflow)
         if was_empty or len(self._buffer) >= self._max_batch or overflow:
             self._wake.set()
+
+    def _log_memory(self, records: list[CallRecord]) -> None:
+        if self._memory_log is None or not records:
+            return
+        try:
+            self._memory_log.append(records)
+        except OSError as error:  # kept in memory all the same: lost only if the process dies
+            self._log(logging.ERROR, "memory-log", "metering: the write-ahead log failed (%s); %d call "
+                      "records in memory only", type(error).__name__, len(records))
 
     def _spill_or_drop(self, records: list[CallRecord]) -> None:
         if self._spill is None:
@@ -185,16 +259,23 @@ class Batcher:
         if self._task is not None or self._closed:
             return
         loop = asyncio.get_running_loop()
-        if self._spill is not None:
-            try:
-                adopted = self._spill.adopt_orphans()
-            except OSError as error:
-                adopted = 0
-                logger.error("metering: could not read the spill directory (%s)", type(error).__name__)
-            if adopted:
-                self._accepted += adopted
-                logger.warning("metering: replaying %d call records spilled by an earlier process", adopted)
+        self._adopt()
         self._task = loop.create_task(self._run())
+
+    def _adopt(self) -> None:
+        if self._spill is None:
+            return
+        self._next_adopt = time.monotonic() + self._adopt_every_s
+        try:
+            adopted = self._spill.adopt_orphans()
+        except OSError as error:
+            adopted = 0
+            logger.error("metering: could not read the spill directory (%s)", type(error).__name__)
+        if adopted:
+            self._accepted += adopted
+            self._wake.set()
+            logger.warning("metering: replaying %d call records spilled or logged by a process that is "
+                           "gone (those already written count once)", adopted)
 
     def _urgent(self) -> bool:
         return self._closed or self._settled < self._flush_target
@@ -205,6 +286,8 @@ class Batcher:
             wait = self._buffer[0][0] + self._max_age_s - time.monotonic()
             spilling = self._spill is not None and self._spill.has_data
             if len(self._buffer) >= self._max_batch or wait <= 0 or spilling or self._urgent():
+                if self._memory_log is not None:
+                    self._memory_log.cut()  # records added from now on go to a new segment
                 return [r for _, r in islice(self._buffer, self._max_batch)], None
             return None, wait
         while self._replay is None and self._spill is not None and self._spill.has_data:
@@ -221,11 +304,18 @@ class Batcher:
 
     async def _run(self) -> None:
         backoff = self._retry_initial_s
-        while True:
+        # Not ``while True``: on Python 3.11 ``wait_for`` swallows a cancel that lands as its
+        # event fires, so ``aclose`` (which sets ``_stop``, then cancels) ends the loop here too.
+        while not self._stop.is_set():
             try:
+                if self._spill is not None and time.monotonic() >= self._next_adopt:
+                    self._adopt()
                 batch, wait = self._next_batch()
                 if batch is None:
                     self._wake.clear()
+                    if self._spill is not None:  # wake for the next adoption round too
+                        until_adopt = max(self._next_adopt - time.monotonic(), 0.0)
+                        wait = until_adopt if wait is None else min(wait, until_adopt)
                     await self._sleep(self._wake, wait)
                     continue
                 try:
@@ -261,6 +351,8 @@ class Batcher:
         else:
             for _ in batch:
                 self._buffer.popleft()
+            if self._memory_log is not None:
+                self._memory_log.left_memory(len(batch))
         self.written_total += len(batch)
         self.counted_total += counted
         self.batches_total += 1
@@ -306,17 +398,27 @@ class Batcher:
                 pass
         left = [r for _, r in self._buffer]
         self._buffer.clear()
+        keep_log = False
         if left:
             try:
                 if self._spill is None:
                     raise OSError("no spill directory")
                 self._spill.put_first(left)
             except OSError as error:
-                self._drop(len(left), f"shutdown with Redis unavailable and no spill ({type(error).__name__})")
+                keep_log = self._memory_log is not None and self._memory_log.gap == 0
+                if keep_log:  # they are all in the write-ahead log: the next batcher replays it
+                    logger.warning("metering: %d call records left for the next start (write-ahead log)", len(left))
+                else:
+                    self._drop(len(left), f"shutdown with Redis unavailable and no spill ({type(error).__name__})")
             else:
                 self.spilled_total += len(left)
                 self._event("spilled", len(left))
                 logger.warning("metering: %d call records left for the next start (spilled)", len(left))
+        if self._memory_log is not None:
+            try:
+                self._memory_log.close(keep=keep_log)
+            except OSError as error:  # at worst replayed later, and counted once
+                logger.error("metering: could not clear the write-ahead log (%s)", type(error).__name__)
         if self._spill is not None:
             self._spill.close()
 
@@ -368,7 +470,7 @@ class MetadataBatcher:
             self._batch_size.observe(count)
 
     async def record(self, records: list[CallRecord]) -> None:
-        self._batcher.add(records)
+        self._batcher.add(records)  # in its write-ahead log before we answer (and the ingress drops its own)
 
     async def stats(self) -> dict[str, Any]:
         return self._batcher.stats()

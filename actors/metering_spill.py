@@ -1,6 +1,8 @@
 """The metadata batcher's overflow on disk: call records (never text) in append-only JSONL
 segments, owned by one batcher instance at a time and replayed in order when Redis is back.
-A later batcher adopts the segments of one that is gone."""
+A later batcher adopts the segments of one that is gone. An ingress replica keeps its
+write-ahead log of unacknowledged records in the same format and folder, so the batcher
+replays what a killed replica had not shipped."""
 
 from __future__ import annotations
 
@@ -109,6 +111,19 @@ class SpillFiles:
                 pass
             raise
         self._current_lines += len(records)
+
+    # ---- as a write-ahead log (``serve_app.record_shipper``): the owner never reads back; a
+    # dead owner's segments are adopted and replayed like any spill.
+
+    def seal(self) -> int:
+        """Close the current segment; returns how many segments are closed (oldest first)."""
+        self._rotate()
+        return len(self._closed)
+
+    def discard(self, count: int) -> None:
+        """Delete the ``count`` oldest closed segments: their records are acknowledged."""
+        for _ in range(min(count, len(self._closed))):
+            self._closed.popleft().unlink(missing_ok=True)
 
     def _rotate(self) -> None:
         if self._current is not None:

@@ -53,7 +53,7 @@ class CallMeter:
 
     def rejected(self, error: GatewayError, prices: Mapping[str, Price]) -> CallRecord:
         """The record of a call answered with ``error`` before any answer was streamed."""
-        return self.finish(error.status, len(json.dumps(error.body())), None, False, prices)
+        return self.finish(error.status, len(error.rendered()), None, False, prices)
 
 
 def prompt_text(messages: Iterable) -> str:
@@ -65,24 +65,28 @@ def prompt_text(messages: Iterable) -> str:
     return "\n".join(parts)
 
 
+def _text(content) -> str:
+    return content if isinstance(content, str) else ""
+
+
 def completion_text(body: bytes) -> str:
     try:
         choices = json.loads(body).get("choices") or []
-        return "".join((c.get("message") or {}).get("content") or "" for c in choices)
-    except (ValueError, AttributeError):
+        return "".join(_text((c.get("message") or {}).get("content")) for c in choices)
+    except (ValueError, AttributeError, TypeError, RecursionError):  # never fails a call's record
         return ""
 
 
 def streamed_text(pieces: Iterable[bytes]) -> str:
     """The content deltas of the SSE chunks that reached the caller."""
-    decoder, text = SSEDecoder(), []
+    decoder, text = SSEDecoder(max_line_bytes=1 << 62), []  # our own output: bounded already
     for piece in pieces:
         for event in decoder.feed(piece):
             try:
                 chunk = json.loads(event.data)
                 for choice in chunk.get("choices") or []:
-                    text.append((choice.get("delta") or {}).get("content") or "")
-            except (ValueError, AttributeError):
+                    text.append(_text((choice.get("delta") or {}).get("content")))
+            except (ValueError, AttributeError, TypeError, RecursionError):
                 continue  # [DONE], an error event
     return "".join(text)
 

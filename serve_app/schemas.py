@@ -1,19 +1,29 @@
 """The wire schema of the OpenAI-compatible API, in one place.
 
 Strict on purpose: a parameter NeuroAPI would not honour is a 400 that names it, never silently
-dropped. ``mode`` is our one addition to OpenAI's request."""
+dropped, and a value of the wrong JSON type is a 400 too (no coercion: ``"10"`` is not a
+number, ``1`` is not ``true``; an integer where a number is expected is fine). Sizes and
+numbers are bounded so nothing absurd is forwarded upstream. ``mode`` is our one addition to
+OpenAI's request."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actors.errors import GatewayError
 
+# Bounds: generous for any real call, small enough that nothing absurd reaches an upstream.
+MAX_TOKENS_CAP = 1_000_000
+MAX_MESSAGES = 10_000
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 1_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ChatMessage(_Strict):
@@ -41,27 +51,35 @@ class StreamOptions(_Strict):
 class ChatCompletionRequest(_Strict):
     model: str = Field(min_length=1, max_length=256)
     mode: str | None = Field(default=None, min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: str | list[str] | None = None
-    n: Literal[1] | None = None
+    stop: (Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
+           | list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]] | None) = None
+    n: int | None = Field(default=None, ge=1, le=1)  # Literal[1] would take true (true == 1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     user: str | None = Field(default=None, max_length=256)
-    logprobs: Literal[False] | None = None
+    logprobs: bool | None = None  # false only: checked below (Literal[False] would take 0)
 
     @field_validator("stop")
     @classmethod
     def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > 4:
-            raise ValueError("at most 4 stop sequences")
+        if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         return stop
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, logprobs: bool | None) -> bool | None:
+        if logprobs:
+            raise ValueError("logprobs are not supported")
+        return logprobs
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -98,6 +116,16 @@ class ScopeChange(_Strict):
     excluded_providers: list[str] = Field(default_factory=list, max_length=64)
 
 
+class AccountRef(_Strict):
+    """Which account an admin call is about: in the body, never the URL (access logs keep paths)."""
+
+    email: str = Field(min_length=3, max_length=320)
+
+
+class AccountScopeChange(ScopeChange, AccountRef):
+    """``PUT /v1/admin/account-scope``: the account and its whole new scope."""
+
+
 class FineTuneDeploy(_Strict):
     """The admin API's deploy: a PEFT folder on the gateway's filesystem (or a shared one)."""
 
@@ -121,9 +149,18 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     return parse_body(ChatCompletionRequest, raw)
 
 
+def _is_union_member(part: str | int) -> bool:
+    """Pydantic's loc names a union's member by its type ("str", "list[str]",
+    "constrained-str"); a field never has such a name."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool")
+                                      or part.startswith("constrained-") or "[" in part)
+
+
 def _as_gateway_error(error: ValidationError) -> GatewayError:
-    first = error.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("list[", "str")))
+    errors = error.errors(include_url=False, include_input=False)
+    # A union (``stop``, ``content``) reports one error per member: the deepest one says most.
+    first = max((e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]), key=lambda e: len(e["loc"]))
+    where = ".".join(str(part) for part in first["loc"] if not _is_union_member(part))
     if first["type"] == "json_invalid":
         return GatewayError(400, "The request body is not valid JSON.", code="invalid_json")
     if first["type"] == "model_type" and not first["loc"]:

@@ -208,7 +208,7 @@ async def test_a_full_buffer_spills_to_disk_and_replays_in_order(store, aof_clie
         await asyncio.sleep(0.3)
     assert batcher.stats()["buffered"] == 50
     assert batcher.spilled_total == 250 and batcher.dropped_total == 0
-    assert spilled_lines(spill) == 250
+    assert spilled_lines(spill) == 250 + 50  # the spill, and the write-ahead log of what is in memory
     warnings = [r for r in caplog.records if r.name == "neuroapi.metering" and r.levelno == logging.WARNING]
     assert any("spilled to disk" in r.getMessage() for r in warnings)
     # Loud, but rate-limited and with counts only.
@@ -271,3 +271,17 @@ async def test_shutdown_with_redis_away_spills_and_the_next_batcher_replays(stor
     await second.aclose()
     await bystander.aclose()
     assert not list(spill.rglob("*.jsonl"))
+
+
+async def test_shutdown_while_retrying_a_failed_write_ends_and_spills(store, tmp_path):
+    """A stop that lands in the retry back-off must end the loop (Python 3.11's ``wait_for``
+    swallows that cancel), not spin on the failing write forever and hang the replica's exit."""
+    gate = Gate(store)
+    gate.open = False
+    batcher = Batcher(gate, max_age_s=0.0, spill_dir=tmp_path / "spill", retry_initial_s=5.0)
+    batcher.add([record() for _ in range(5)])
+    await wait_for(lambda: batcher.failures_total == 1, 10.0)  # now in the 5 s back-off
+    closing = asyncio.create_task(batcher.aclose(timeout_s=0.05))
+    done, _ = await asyncio.wait({closing}, timeout=10)
+    assert closing in done and batcher.failures_total < 10
+    assert batcher.spilled_total == 5 and spilled_lines(tmp_path / "spill") == 5

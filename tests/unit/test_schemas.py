@@ -3,7 +3,7 @@ import json
 import pytest
 
 from actors.errors import GatewayError
-from serve_app.schemas import parse_chat_request
+from serve_app.schemas import Credentials, FineTuneDeploy, NewKey, ScopeChange, parse_body, parse_chat_request
 
 BASE = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -55,3 +55,73 @@ def test_error_messages_do_not_echo_the_prompt():
     assert canary not in error.message
     error = error_of(json.dumps({**BASE, "temperature": canary}).encode())
     assert canary not in error.message
+
+
+@pytest.mark.parametrize("changes, param", [
+    ({"max_tokens": "10"}, "max_tokens"),
+    ({"max_completion_tokens": "10"}, "max_completion_tokens"),
+    ({"temperature": "0.5"}, "temperature"),
+    ({"top_p": "1"}, "top_p"),
+    ({"stream": "yes"}, "stream"),
+    ({"stream": 1}, "stream"),
+    ({"n": "1"}, "n"),
+    ({"n": True}, "n"),
+    ({"logprobs": 0}, "logprobs"),
+    ({"seed": "42"}, "seed"),
+    ({"max_tokens": True}, "max_tokens"),  # a bool is never an int
+    ({"max_tokens": 10.5}, "max_tokens"),
+    ({"presence_penalty": False}, "presence_penalty"),
+    ({"user": 5}, "user"),
+    ({"stream": True, "stream_options": {"include_usage": "true"}}, "stream_options.include_usage"),
+    ({"messages": [{"role": "user", "content": 12345}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": "hi", "name": 7}]}, "messages.0.name"),
+    ({"stop": ["a", 1]}, "stop.1"),
+    ({"stop": 5}, "stop"),
+])
+def test_values_of_the_wrong_json_type_are_refused_not_coerced(changes, param):
+    error = error_of(json.dumps({**BASE, **changes}).encode())
+    assert (error.status, error.code, error.param) == (400, "invalid_value", param)
+    assert error.message.startswith(f"Invalid value for '{param}'")
+
+
+@pytest.mark.parametrize("changes, param", [
+    ({"max_tokens": 10**30}, "max_tokens"),
+    ({"max_completion_tokens": 1_000_001}, "max_completion_tokens"),
+    ({"seed": 10**40}, "seed"),
+    ({"seed": -(2**63) - 1}, "seed"),
+    ({"stop": "x" * 1001}, "stop"),
+    ({"stop": ["ok", "x" * 1001]}, "stop.1"),
+    ({"messages": [{"role": "user", "content": "hi"}] * 10_001}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi", "name": "n" * 257}]}, "messages.0.name"),
+    ({"user": "u" * 257}, "user"),
+])
+def test_absurd_sizes_and_numbers_are_refused(changes, param):
+    error = error_of(json.dumps({**BASE, **changes}).encode())
+    assert (error.status, error.code, error.param) == (400, "invalid_value", param)
+
+
+def test_non_finite_numbers_are_refused():
+    raw = json.dumps({**BASE, "temperature": 1}).encode().replace(b"1}", b"NaN}")
+    assert error_of(raw).param == "temperature"
+
+
+def test_proper_json_types_pass_at_their_bounds():
+    request = parse(max_tokens=1_000_000, temperature=1, top_p=0.5, stream=True, n=1, seed=2**63 - 1,
+                    stop=["a" * 1000] * 4, presence_penalty=-2, frequency_penalty=2.0, user="u" * 256)
+    assert request.upstream_body()["seed"] == 2**63 - 1 and request.temperature == 1.0
+    assert parse(seed=-(2**63)).seed == -(2**63)
+
+
+@pytest.mark.parametrize("model, raw, param", [
+    (Credentials, b'{"email": "a@example.com", "password": 1234567890123}', "password"),
+    (Credentials, b'{"email": ["a@example.com"], "password": "long enough pw"}', "email"),
+    (NewKey, b'{"name": 5}', "name"),
+    (ScopeChange, b'{"in_house_only": "yes"}', "in_house_only"),
+    (ScopeChange, b'{"in_house_only": 1}', "in_house_only"),
+    (ScopeChange, b'{"excluded_providers": "openai"}', "excluded_providers"),
+    (FineTuneDeploy, b'{"path": "/x", "base": "b", "name": "n", "account": 5}', "account"),
+])
+def test_the_other_bodies_are_strict_too(model, raw, param):
+    with pytest.raises(GatewayError) as error:
+        parse_body(model, raw)
+    assert (error.value.status, error.value.code, error.value.param) == (400, "invalid_value", param)
