@@ -48,6 +48,12 @@ class Settings(BaseModel):
     # None = NEUROAPI_PEPPERS / NEUROAPI_ENVELOPE_KEYS, else a generated dev file in data_dir.
     secrets_file: Path | None = None
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A chat completion's whole time, every candidate and the stream included: past it the
+    # caller gets 504 upstream_timeout (or, mid-stream, an error event).
+    request_deadline_s: float = Field(default=600.0, gt=0, le=86400)
+    # A non-streamed upstream answer larger than this is a 502, never read further. It must
+    # stay under Serve's 4 MiB handle message limit (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH).
+    max_response_bytes: int = Field(default=3 << 20, ge=64 * 1024, le=(4 << 20) - (256 << 10))
     ingress_replicas: int = Field(default=1, ge=1)
     verifier_replicas: int = Field(default=2, ge=1)
     # Accounts: bcrypt cost (2^rounds), session token lifetime.
@@ -57,7 +63,23 @@ class Settings(BaseModel):
     # believed when finding that address (CIDRs; empty = the socket peer, always).
     failed_auth_limit: int = Field(default=20, ge=1)
     failed_auth_window_s: float = Field(default=60.0, gt=0)
+    # While Redis is unreachable an ingress replica still serves keys it verified before, for
+    # at most this long after its last contact (actors.invalidation); a revocation waits at most
+    # this long for a replica cut off from Redis (or killed without a graceful stop). 0 = never.
+    cache_outage_serve_s: float = Field(default=60.0, ge=0, le=3600)
     trusted_proxies: list[str] = Field(default_factory=list)
+    # The edge (Serve's HAProxy, edited by serve_app.haproxy_edge): a client sends its request
+    # head within client_request_timeout_s, is silent at most client_idle_timeout_s while it is
+    # expected to send or read (never while the gateway works on the answer), and one source
+    # address (trusted_proxies aside) holds at most max_connections_per_source connections.
+    client_request_timeout_s: int = Field(default=10, ge=1, le=300)
+    client_idle_timeout_s: int = Field(default=60, ge=1, le=3600)
+    # The gateway reads a request body within client_body_timeout_s, or answers 408.
+    client_body_timeout_s: int = Field(default=30, ge=1, le=3600)
+    max_connections_per_source: int = Field(default=1000, ge=1, le=100_000)
+    # Sign-up attempts per source address in any sliding window (each costs a bcrypt hash).
+    signup_limit: int = Field(default=10, ge=1)
+    signup_window_s: float = Field(default=3600.0, gt=0)
     # Metering (actors.metadata_batcher): call records go to Redis in batches of up to
     # metering_max_batch, or once the oldest waited metering_max_age_s; up to
     # metering_buffer_records wait in memory while Redis is away, the rest in

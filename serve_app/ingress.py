@@ -28,12 +28,14 @@ from ray.serve.metrics import Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.api_keys import parse_key
-from actors.errors import GatewayError, invalid_api_key
+from actors.auth_throttle import SignupThrottle
+from actors.errors import GatewayError, invalid_api_key, service_unavailable
 from actors.invalidation import InvalidationListener
 from actors.key_store import KEYS_TOPIC, VerifiedKey
 from actors.metering import CallRecord, cost_units_text, current_month
+from actors.metering_spill import SpillFiles
 from actors.providers.base import Completion, UpstreamCall, UpstreamFailure
-from actors.redis_conn import connect
+from actors.redis_conn import connect, redis_unavailable
 from actors.routing import FINETUNE_ADAPTER, Backend, RoutingTable, attempt_order
 from actors.scopes import ACCOUNT_TOPIC, Scope
 from actors.sessions import TOKEN_TAG as SESSION_TOKEN_TAG
@@ -44,15 +46,25 @@ from config.settings import Settings
 from finetunes.registry import FINETUNES_TOPIC, FineTuneRegistry, RegistryError
 from finetunes.service import DeployError, FineTuneService
 from models.engine import Adapter
-from serve_app.auth_guard import BLOCKS_TOPIC, FailedAuthGuard
+from serve_app.admin_token import read_admin_token
+from serve_app.auth_guard import BLOCKS_TOPIC, FailedAuthGuard, too_many_signups
 from serve_app.call_meter import CallMeter, completion_text, estimated_usage, prompt_text, streamed_text
-from serve_app.chat import Outcome, StreamItem, complete_chat, open_chat_stream
-from serve_app.client_address import parse_networks
+from serve_app.chat import Deadline, Outcome, StreamItem, complete_chat, open_chat_stream
+from serve_app.client_address import forwarded_for, parse_networks
 from serve_app.finetune_resolver import FineTuneResolver
 from serve_app.key_cache import VerifiedKeyCache, fingerprint
 from serve_app.record_shipper import RecordShipper
-from serve_app.schemas import Credentials, FineTuneDeploy, NewKey, ScopeChange, parse_body, parse_chat_request
+from serve_app.schemas import (
+    AccountRef,
+    AccountScopeChange,
+    Credentials,
+    FineTuneDeploy,
+    NewKey,
+    parse_body,
+    parse_chat_request,
+)
 from serve_app.usage_report import previous_month, usage_view
+from serve_app.verifier_calls import RaisingHandle
 
 logger = logging.getLogger("neuroapi.ingress")
 COST_HEADER = "X-NeuroAPI-Cost-Units"  # a non-streamed answer's price (also usage.cost_units)
@@ -61,8 +73,9 @@ api = FastAPI(title="NeuroAPI", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @api.exception_handler(GatewayError)
-async def _gateway_error(request: Request, error: GatewayError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+async def _gateway_error(request: Request, error: GatewayError) -> Response:
+    # The same bytes as the call record's response_bytes (``CallMeter.rejected``).
+    return Response(error.rendered(), status_code=error.status, headers=error.headers, media_type="application/json")
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -81,10 +94,18 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    if redis_unavailable(error):  # Redis out of reach (after retries): a 503 to retry, not a crash
+        unavailable = service_unavailable()
+        return JSONResponse(unavailable.body(), status_code=unavailable.status, headers=unavailable.headers)
     # The type only: an exception's text is not ours to vet for secrets or prompt text.
     logger.error("request %s failed: %s", request.headers.get("x-request-id"), type(error).__name__)
     return JSONResponse(GatewayError(500, "The gateway failed on this request; quote its X-Request-Id to support.",
                                      "server_error", "internal_error").body(), status_code=500)
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(500, "The gateway failed on this request; quote its X-Request-Id to support.",
+                        "server_error", "internal_error")
 
 
 def invalid_session() -> GatewayError:
@@ -100,17 +121,24 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most ``limit`` bytes, arriving within ``timeout_s``: the edge bounds
+    only the request head, so a caller trickling its body would otherwise hold a slot forever."""
     too_large = GatewayError(413, f"The request body is larger than the limit of {limit} bytes.",
                              code="request_too_large")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise too_large
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for piece in request.stream():
+                body += piece
+                if len(body) > limit:
+                    raise too_large
+    except TimeoutError:
+        raise GatewayError(408, f"The request body did not arrive within {timeout_s:g} s.",
+                           code="request_timeout") from None
     return bytes(body)
 
 
@@ -207,19 +235,22 @@ class Ingress:
         batcher: DeploymentHandle | None,
     ):
         logs.install(in_replica=True)
-        self._max_body_bytes = settings.max_body_bytes
+        self._body_limits = (settings.max_body_bytes, settings.client_body_timeout_s)
+        self._deadline_s = settings.request_deadline_s
         self._redis = connect(redis_url)
         self._guard = FailedAuthGuard(self._redis, parse_networks(settings.trusted_proxies),
                                       settings.failed_auth_limit, settings.failed_auth_window_s)
+        self._signups = SignupThrottle(self._redis, settings.signup_limit, settings.signup_window_s)
         self._key_uses: dict[str, int] = {}  # prefix → last use (unix s), flushed in batches
         self._flusher = asyncio.get_running_loop().create_task(self._flush_key_uses_forever())
         self._prices = settings.prices
-        self._records = RecordShipper(batcher)
+        # Unshipped records are also on disk, in the batcher's spill folder: a killed replica's are replayed.
+        self._records = RecordShipper(batcher, wal=SpillFiles(settings.metering_spill_dir))
         self._records.start()
-        # The admin API is on only with a token in this replica's environment (never in config).
-        self._admin_token = os.environ.get("NEUROAPI_ADMIN_TOKEN", "").encode()
+        # The admin API is on only with a long enough token in this replica's environment (never in config).
+        self._admin_token = read_admin_token(os.environ)
         self._router = router
-        self._verifier = verifier
+        self._verifier = RaisingHandle(verifier)  # its GatewayError values raised; Redis away = 503
         self._backends = RayBackends(backends)
         self._engines: dict[str, str] = {}  # in-house model → the engine serving it, once known
         self._engine_names = asyncio.get_running_loop().create_task(self._learn_engines(backends))
@@ -227,7 +258,8 @@ class Ingress:
         self._keys = VerifiedKeyCache()
         self._finetunes = FineTuneResolver(FineTuneRegistry(self._redis))
         self._finetune_service = FineTuneService(settings, self._redis)
-        self._listener = InvalidationListener(redis_url, self._invalidate, self._forget_everything)
+        self._listener = InvalidationListener(redis_url, self._invalidate, self._forget_everything,
+                                              settings.cache_outage_serve_s)
         self._listener.start()
         self._rng = random.Random()
         self._gateway_ms = Histogram(
@@ -255,30 +287,41 @@ class Ingress:
 
     # ---- who is calling -------------------------------------------------------------------
 
+    def _address(self, request: Request) -> str:
+        """The caller's address (canonical), blocked or not."""
+        return self._guard.address(request.client.host if request.client else None,
+                                   forwarded_for(request.headers))
+
     def _source(self, request: Request) -> str:
         """The caller's address, refused at once while it is blocked for failed attempts."""
         return self._guard.source(request.client.host if request.client else None,
-                                  request.headers.get("x-forwarded-for"))
+                                  forwarded_for(request.headers))
 
     async def _failed(self, address: str, error: GatewayError) -> GatewayError:
         return await self._guard.failed(address, error)
 
     async def _authenticate(self, request: Request) -> VerifiedKey:
-        address = self._source(request)
+        # A blocked address is still served a key this replica has verified (a key's secret cannot
+        # be guessed, so this gives a guesser nothing, and callers sharing the address keep working);
+        # anything else from it is refused here, before any lookup or hop.
+        address = self._address(request)
         presented = presented_key(request)
         parsed = parse_key(presented) if presented else None
         if parsed is None:  # no key, or a checksum that does not match: no lookup at all
+            self._guard.refuse_if_blocked(address)
             raise await self._failed(address, invalid_api_key())
         key_fingerprint = fingerprint(presented)
-        use_cache = self._listener.healthy
+        # While Redis is away, keys verified before are served for a bounded time (actors.invalidation).
+        use_cache = self._listener.cache_usable
         verified = self._keys.get(parsed.prefix, key_fingerprint) if use_cache else None
         if verified is None:
+            self._guard.refuse_if_blocked(address)
             generation = self._keys.generation
             verified = await self._verifier.verify.remote(presented)
             if verified is None:
                 logger.info("key %s rejected: unknown, wrong secret, revoked or account disabled", parsed.prefix)
                 raise await self._failed(address, invalid_api_key())
-            if use_cache and self._listener.healthy:
+            if self._listener.healthy:  # cached only while invalidations are heard
                 self._keys.put(key_fingerprint, verified, generation)
         self._key_uses[verified.prefix] = int(time.time())
         return verified
@@ -295,11 +338,11 @@ class Ingress:
     async def _admin(self, request: Request) -> str:
         """The audit actor for an admin call with the right token."""
         address = self._source(request)
-        if not self._admin_token:
-            raise GatewayError(403, "The admin API is off: set NEUROAPI_ADMIN_TOKEN for the gateway.",
+        if not self._admin_token.on:
+            raise GatewayError(403, f"The admin API is off: {self._admin_token.off_because}.",
                                type="permission_error", code="admin_disabled")
         presented = (presented_key(request) or "").encode()
-        if not hmac.compare_digest(presented, self._admin_token):
+        if not hmac.compare_digest(presented, self._admin_token.value):
             raise await self._failed(address, GatewayError(401, "Invalid admin token.", code="invalid_admin_token"))
         return f"admin-api from {address}"
 
@@ -327,10 +370,11 @@ class Ingress:
         started = time.perf_counter()
         meter = CallMeter.start(request.headers.get("x-request-id", ""), request.headers.get("content-length"))
         outcome = Outcome()
+        deadline = Deadline.after(self._deadline_s)
         try:
             verified = await self._authenticate(request)
             meter.key_prefix, meter.account_id = verified.prefix, verified.account_id
-            raw = await read_body(request, self._max_body_bytes)
+            raw = await read_body(request, *self._body_limits)
             meter.request_bytes = len(raw)
             chat = parse_chat_request(raw)
             route = self._table.resolve(chat.model, chat.mode)
@@ -339,7 +383,7 @@ class Ingress:
             order = await self._with_finetunes(attempt_order(route, body, self._rng, verified.scope), verified)
             call = UpstreamCall(meter.request_id, "", body, chat.wants_usage_in_stream, verified.scope)
             if not chat.stream:
-                completion = await complete_chat(self._backends, order, call, outcome)
+                completion = await complete_chat(self._backends, order, call, outcome, deadline)
                 usage, estimated = completion.usage, completion.usage is None
                 if estimated:
                     usage = estimated_usage(prompt_text(chat.messages), completion_text(completion.body))
@@ -349,11 +393,17 @@ class Ingress:
                 return Response(completion.body, media_type="application/json", headers={
                     "Server-Timing": self._timing_header(started, outcome, stream=False),
                     COST_HEADER: cost_units_text(record.cost_micro_units)})
-            events = await open_chat_stream(self._backends, order, call, outcome)
+            events = await open_chat_stream(self._backends, order, call, outcome, deadline)
         except GatewayError as error:
             self._answered(meter, outcome)
             self._record(meter.rejected(error, self._prices))
             raise
+        except Exception as error:  # our own failure is answered (500) and metered like any other
+            logger.error("chat request %s failed: %s", meter.request_id, type(error).__name__)
+            failure = internal_error()
+            self._answered(meter, outcome)
+            self._record(meter.rejected(failure, self._prices))
+            raise failure from None
         self._answered(meter, outcome)
         return StreamingResponse(
             self._metered_stream(events, meter, outcome, chat.messages),
@@ -377,7 +427,8 @@ class Ingress:
                 resolved.append(backend)
                 continue
             try:
-                finetune = await self._finetunes.resolve(backend.model, verified.account_id, self._listener.healthy)
+                finetune = await self._finetunes.resolve(backend.model, verified.account_id,
+                                                         self._listener.cache_usable, self._listener.healthy)
                 adapter = Adapter(finetune.key, Path(finetune.artifact_path), price_name=backend.model)
                 resolved.append(self._table.with_adapter(backend.model, finetune.base_model, adapter))
             except GatewayError as error:
@@ -454,7 +505,11 @@ class Ingress:
 
     @api.post("/v1/auth/signup", status_code=201)
     async def signup(self, request: Request) -> JSONResponse:
-        credentials = parse_body(Credentials, await read_body(request, self._max_body_bytes))
+        address = self._address(request)
+        credentials = parse_body(Credentials, await read_body(request, *self._body_limits))
+        admitted = await self._signups.admit(address)  # every sign-up counts, whatever its outcome
+        if not admitted.counted:
+            raise too_many_signups(admitted.retry_after)
         account = raise_if_error(await self._verifier.signup.remote(credentials.email, credentials.password))
         return JSONResponse({"object": "account", "id": account.id, "email": account.email,
                              "created_at": account.created_at}, status_code=201)
@@ -462,8 +517,8 @@ class Ingress:
     @api.post("/v1/auth/login")
     async def login(self, request: Request) -> JSONResponse:
         address = self._source(request)
-        credentials = parse_body(Credentials, await read_body(request, self._max_body_bytes))
-        issued = await self._verifier.login.remote(credentials.email, credentials.password)
+        credentials = parse_body(Credentials, await read_body(request, *self._body_limits))
+        issued = raise_if_error(await self._verifier.login.remote(credentials.email, credentials.password))
         if issued is None:
             raise await self._failed(address, GatewayError(401, "Wrong email or password.",
                                                            code="invalid_credentials"))
@@ -480,7 +535,7 @@ class Ingress:
     @api.post("/v1/keys", status_code=201)
     async def create_key(self, request: Request) -> JSONResponse:
         session = await self._logged_in(request)
-        new_key = parse_body(NewKey, await read_body(request, self._max_body_bytes) or b"{}")
+        new_key = parse_body(NewKey, await read_body(request, *self._body_limits) or b"{}")
         plaintext, info = await self._verifier.create_key.remote(session.account_id, new_key.name)
         return JSONResponse({"object": "api_key", "key": plaintext, **key_fields(info)}, status_code=201)
 
@@ -499,18 +554,20 @@ class Ingress:
 
     # ---- operators ------------------------------------------------------------------------
 
-    @api.get("/v1/admin/accounts/{email}/scope")
-    async def account_scope(self, email: str, request: Request) -> JSONResponse:
+    # The account is named in the body, never the path: Serve's access log records paths.
+    @api.post("/v1/admin/account-scope/lookup")
+    async def account_scope(self, request: Request) -> JSONResponse:
         await self._admin(request)
-        account_id, scope = raise_if_error(await self._router.scope.remote(email))
+        wanted = parse_body(AccountRef, await read_body(request, *self._body_limits))
+        account_id, scope = raise_if_error(await self._router.scope.remote(wanted.email))
         return JSONResponse({"object": "account_scope", "account_id": account_id, **scope.as_dict()})
 
-    @api.put("/v1/admin/accounts/{email}/scope")
-    async def set_account_scope(self, email: str, request: Request) -> JSONResponse:
+    @api.put("/v1/admin/account-scope")
+    async def set_account_scope(self, request: Request) -> JSONResponse:
         actor = await self._admin(request)
-        change = parse_body(ScopeChange, await read_body(request, self._max_body_bytes))
+        change = parse_body(AccountScopeChange, await read_body(request, *self._body_limits))
         scope = Scope(change.in_house_only, frozenset(change.excluded_providers))
-        account_id, confirmed = raise_if_error(await self._router.set_scope.remote(email, scope, actor))
+        account_id, confirmed = raise_if_error(await self._router.set_scope.remote(change.email, scope, actor))
         return JSONResponse({"object": "account_scope", "account_id": account_id, **scope.as_dict(),
                              "replicas_confirmed": confirmed})
 
@@ -524,7 +581,7 @@ class Ingress:
     @api.post("/v1/admin/finetunes", status_code=201)
     async def deploy_finetune(self, request: Request) -> JSONResponse:
         actor = await self._admin(request)
-        wanted = parse_body(FineTuneDeploy, await read_body(request, self._max_body_bytes))
+        wanted = parse_body(FineTuneDeploy, await read_body(request, *self._body_limits))
         try:
             live = await self._finetune_service.deploy(Path(wanted.path), wanted.base, wanted.name,
                                                        wanted.account, actor)

@@ -103,6 +103,7 @@ def write_secrets_file(path: Path) -> dict[str, str]:
 
 
 TIGHT_MODEL = "smollm2-transformers"
+FAULTY_MODEL = "faulty-gpt"
 
 
 def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
@@ -113,8 +114,15 @@ def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
         "ingress_replicas": 2,
         "verifier_replicas": 2,
         "password_rounds": 4,  # bcrypt's minimum: the tests log in often
+        # Longer than test_redis_outage's outage, short enough that after a replica is killed
+        # (test_record_durability) a revoke waiting for its lease stays within a client's timeout.
+        "cache_outage_serve_s": 20,
         # The tests play the edge load balancer: loopback's X-Forwarded-For is believed.
         "trusted_proxies": ["127.0.0.1/32", "::1/128"],
+        # Small edge bounds for callers from other loopback addresses (tests/integration/test_edge.py).
+        "client_request_timeout_s": 5,
+        "client_body_timeout_s": 5,  # test_fuzz_gateway trickles a body
+        "max_connections_per_source": 20,
         "providers": {
             "unreachable": {
                 "adapter": "openai",
@@ -122,6 +130,16 @@ def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
                 "credential_env": "OPENAI_API_KEY",
                 "models": ["dead-model"],
                 "connect_timeout_s": 2,
+            },
+            # The fake OpenAI API under other model names, with bounds small enough to test
+            # (tests/integration/test_upstream_faults.py scripts its failures).
+            "faulty": {
+                "adapter": "openai",
+                "base_url": fakes.base_urls()["openai"],
+                "credential_env": "OPENAI_API_KEY",
+                "models": [FAULTY_MODEL],
+                "first_byte_timeout_s": 1,
+                "stream_idle_timeout_s": 1,
             },
         },
         # The real default model on vLLM (CPU here), and the same weights on the transformers
@@ -131,12 +149,15 @@ def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
             TIGHT_MODEL: {"source": "builtin:smollm2-135m-instruct", "engine": "transformers",
                           "max_model_len": 2048, "max_concurrency": 1, "max_queued": 1, "num_cpus": 0},
         },
-        "prices": {"dead-model": {"input": 1, "output": 1}, TIGHT_MODEL: {"input": 10000, "output": 10000}},
+        "prices": {"dead-model": {"input": 1, "output": 1}, TIGHT_MODEL: {"input": 10000, "output": 10000},
+                   FAULTY_MODEL: {"input": 1, "output": 1}},
         "modes": {
             "resilient": {"candidates": [{"model": "dead-model", "weight": 1},
                                          {"model": "gpt-4o-mini", "weight": 0}]},
             "cross-provider": {"candidates": [{"model": "deepseek-chat", "weight": 1},
                                               {"model": "claude-haiku-4-5", "weight": 0}]},
+            "faulty-first": {"candidates": [{"model": FAULTY_MODEL, "weight": 1},
+                                            {"model": "gpt-4o-mini", "weight": 0}]},
             # A fine-tune first, its base model while it is not deployed (tests/integration/test_finetunes.py).
             "support": {"candidates": [{"model": "ft:mode-support", "weight": 1},
                                        {"model": "smollm2-135m-instruct", "weight": 0}]},
