@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 from serve_app.runtime import free_port
 
@@ -89,7 +90,9 @@ class Upstream(System):
 class NeuroAPI(System):
     name = "neuroapi"
 
-    def __init__(self, upstream: Upstream, cpus: set[int] | None, metering: bool = True):
+    def __init__(self, upstream: Upstream, cpus: set[int] | None, metering: bool = True,
+                 config: dict | None = None):
+        """``config``: an overlay (``NEUROAPI_CONFIG``) for runs that need other settings."""
         self.folder = Path(tempfile.mkdtemp(prefix="neuroapi-bench-"))
         port = free_port()
         self.metering = metering
@@ -106,6 +109,10 @@ class NeuroAPI(System):
             self.name = "neuroapi-unmetered"
         for name in ("NEUROAPI_REDIS_URL", "NEUROAPI_CONFIG", "ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "RAY_ADDRESS"):
             self.env.pop(name, None)
+        if config:
+            overlay = self.folder / "neuroapi.yaml"
+            overlay.write_text(yaml.safe_dump(config))
+            self.env["NEUROAPI_CONFIG"] = str(overlay)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serve_app.cli", "serve"], env=self.env, preexec_fn=_pinned(cpus),
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
