@@ -72,6 +72,7 @@ class Outcome:
     upstream_ms: float = 0.0
     usage: Usage | None = None
     error: GatewayError | None = None
+    finished: bool = False  # the stream's last piece (``[DONE]`` or an error event) is being sent
 
 
 def _no_candidate() -> GatewayError:
@@ -159,6 +160,12 @@ def error_event(error: GatewayError) -> bytes:
     return encode(json.dumps(error.body()))
 
 
+def _last(outcome: Outcome, piece: bytes) -> bytes:
+    """Marks ``piece`` as the stream's last, so its call is recorded before the caller has it all."""
+    outcome.finished = True
+    return piece
+
+
 async def _relay(first: StreamStart, events: AsyncIterator[StreamItem], outcome: Outcome,
                  deadline: Deadline | None = None) -> AsyncIterator[bytes]:
     try:
@@ -170,7 +177,7 @@ async def _relay(first: StreamStart, events: AsyncIterator[StreamItem], outcome:
                     item = await anext(events, None)
             except TimeoutError:
                 outcome.error = past_deadline()
-                yield error_event(outcome.error)
+                yield _last(outcome, error_event(outcome.error))
                 return
             if item is None:
                 break
@@ -180,17 +187,17 @@ async def _relay(first: StreamStart, events: AsyncIterator[StreamItem], outcome:
                 outcome.usage = item.usage
                 if item.error is not None:
                     outcome.error = item.error
-                    yield error_event(item.error)
+                    yield _last(outcome, error_event(item.error))
                 else:
-                    yield DONE
+                    yield _last(outcome, DONE)
                 return
         outcome.error = GatewayError(502, "The upstream stream ended without finishing.",
                                      "server_error", "upstream_error")
-        yield error_event(outcome.error)
+        yield _last(outcome, error_event(outcome.error))
     except Exception as error:  # a proxy replica died mid-stream: say so, then close cleanly
         logger.warning("stream relay failed: %s", type(error).__name__)
         outcome.error = GatewayError(502, "The gateway lost the upstream stream.", "server_error",
                                      "upstream_error")
-        yield error_event(outcome.error)
+        yield _last(outcome, error_event(outcome.error))
     finally:
         await events.aclose()

@@ -451,16 +451,25 @@ class Ingress:
         """The caller's SSE body; its record is made however it ends (done, failed, or the
         caller gone mid-stream, when the tokens that reached it are estimated and billed)."""
         sent: list[bytes] = []
-        try:
-            async for piece in events:
-                sent.append(piece)
-                yield piece
-        finally:
-            await events.aclose()  # the caller left: this cancels the upstream request
+
+        def record() -> None:
             usage, estimated = outcome.usage, outcome.usage is None
             if estimated:
                 usage = estimated_usage(prompt_text(messages), streamed_text(sent))
             self._record(meter.finish(200, sum(map(len, sent)), usage, estimated, self._prices))
+
+        recorded = False
+        try:
+            async for piece in events:
+                sent.append(piece)
+                if outcome.finished:  # recorded before the caller has the end: a replica killed
+                    record()          # right after it loses no billed call
+                    recorded = True
+                yield piece
+        finally:
+            await events.aclose()  # the caller left: this cancels the upstream request
+            if not recorded:
+                record()
 
     def _record(self, record: CallRecord) -> None:
         self._records.add(record)  # to the metadata batcher in batches, off the request's path
