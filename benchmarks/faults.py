@@ -50,6 +50,7 @@ EMAIL = "bench@example.com"  # the account benchmarks.systems.NeuroAPI creates
 METERED = ("chat", "stream", "models")  # kinds sent with the valid key that make a call record (not /v1/usage)
 CALLS = ("chat", "stream")  # kinds that must end in a completion
 SUCCESS_RUN = 10  # consecutive successes that mark recovery
+QUIET_S = 8.0  # > the batcher's adopt_every_s (5 s)
 # The defaults but two: the request deadline well inside the hung bound (--timeout), so a caller
 # of a hung upstream is seen getting its 504; and one load generator may hold more connections
 # than one real client address would (a hung upstream at 50/s keeps ~1,000 open).
@@ -226,7 +227,8 @@ def usage_requests(bench: Bench, account_id: str) -> int:
 
 
 def settled_usage(bench: Bench, account_id: str, timeout_s: float = 60.0) -> int:
-    """The counter once the batcher has written what it holds: unchanged for 3 s."""
+    """The counter once the batcher has written what it holds: unchanged for QUIET_S (longer than
+    the batcher's pass over orphaned write-ahead logs, which a killed replica leaves behind)."""
     deadline, last, since = time.monotonic() + timeout_s, None, time.monotonic()
     while time.monotonic() < deadline:
         try:
@@ -235,7 +237,7 @@ def settled_usage(bench: Bench, account_id: str, timeout_s: float = 60.0) -> int
             value = None
         if value is not None and value != last:
             last, since = value, time.monotonic()
-        elif value is not None and time.monotonic() - since >= 3:
+        elif value is not None and time.monotonic() - since >= QUIET_S:
             return value
         time.sleep(0.5)
     return last if last is not None else -1
