@@ -79,33 +79,29 @@ async def _gateway_error(request: Request, error: GatewayError) -> Response:
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
     message = f"{request.method} {request.url.path}: {error.detail}"
-    return JSONResponse(GatewayError(error.status_code, message, code=code).body(),
-                        status_code=error.status_code)
+    return await _gateway_error(request, GatewayError(error.status_code, message, code=code))
 
 
 @api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    return JSONResponse(GatewayError(400, "The request is malformed.", code="invalid_request").body(),
-                        status_code=400)
-
-
-@api.exception_handler(Exception)
-async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-    if redis_unavailable(error):  # Redis out of reach (after retries): a 503 to retry, not a crash
-        unavailable = service_unavailable()
-        return JSONResponse(unavailable.body(), status_code=unavailable.status, headers=unavailable.headers)
-    # The type only: an exception's text is not ours to vet for secrets or prompt text.
-    logger.error("request %s failed: %s", request.headers.get("x-request-id"), type(error).__name__)
-    return JSONResponse(GatewayError(500, "The gateway failed on this request; quote its X-Request-Id to support.",
-                                     "server_error", "internal_error").body(), status_code=500)
+async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+    return await _gateway_error(request, GatewayError(400, "The request is malformed.", code="invalid_request"))
 
 
 def internal_error() -> GatewayError:
     return GatewayError(500, "The gateway failed on this request; quote its X-Request-Id to support.",
                         "server_error", "internal_error")
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, error: Exception) -> Response:
+    if redis_unavailable(error):  # Redis out of reach (after retries): a 503 to retry, not a crash
+        return await _gateway_error(request, service_unavailable())
+    # The type only: an exception's text is not ours to vet for secrets or prompt text.
+    logger.error("request %s failed: %s", request.headers.get("x-request-id"), type(error).__name__)
+    return await _gateway_error(request, internal_error())
 
 
 def invalid_session() -> GatewayError:

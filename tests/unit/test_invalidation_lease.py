@@ -6,8 +6,6 @@ Real redis-servers; a holder "cut off" is one whose listener stopped without a g
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 
 import pytest
@@ -30,6 +28,7 @@ from serve_app.client_address import parse_networks
 from serve_app.local_window import LocalSlidingWindow
 from serve_app.runtime import free_port
 from serve_app.verifier_calls import RaisingHandle
+from tests.unit.conftest import start_aof_redis
 
 
 async def until(condition, timeout_s: float = 15.0) -> None:
@@ -125,43 +124,12 @@ async def test_a_holder_resubscribed_after_the_publish_is_recognised_without_wai
 
 # ---- a holder whose Redis goes away -----------------------------------------------------------
 
-class Restartable:
-    def __init__(self, folder):
-        self.folder, self.port, self.process = folder, free_port(), None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.folder), "--save", "", "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                client.hset(HOLDERS, CREATED_FIELD, 0)  # a fresh server: no holder predates it
-                return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            self.process = None
-
-
 @pytest.fixture
 def restartable(tmp_path):
-    server = Restartable(tmp_path)
-    server.start()
+    server = start_aof_redis(tmp_path / "redis")
+    client = redis.Redis(port=server.port)
+    client.hset(HOLDERS, CREATED_FIELD, 0)  # a fresh server: no holder predates it
+    client.close()
     yield server
     server.stop()
 
