@@ -59,7 +59,10 @@ def build_app(latency_s: float, gap_s: float) -> Starlette:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    async def healthz(request: Request) -> Response:  # HAProxy's health check (benchmarks.edge_cost)
+        return Response("ok")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/-/healthz", healthz)])
 
 
 def main() -> None:

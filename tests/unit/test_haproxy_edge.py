@@ -20,6 +20,7 @@ import httpx
 import pytest
 from starlette.datastructures import Headers
 
+from benchmarks.edge_cost import render_ray_config
 from serve_app import haproxy_edge
 from serve_app.client_address import client_address, forwarded_for, parse_networks
 from serve_app.haproxy_edge import EdgeSettings
@@ -29,26 +30,6 @@ from serve_app.runtime import free_port, wait_until_ready
 def rewrite(config: str, edge: EdgeSettings, folder: Path) -> str:
     haproxy_edge.write_error_files(str(folder))
     return haproxy_edge.rewrite(config, edge, str(folder))
-
-
-def render_ray_config(folder: Path, host: str = "127.0.0.1", port: int = 8000, replica_port: int = 9999,
-                      stats_port: int = 8404, metrics_port: int = 9101, fallback_port: int = 8500) -> str:
-    """HAProxy's config exactly as Ray 2.60's HAProxyApi writes it for one app and one replica."""
-    from ray.serve._private.haproxy import BackendConfig, HAProxyApi, HAProxyConfig, ServerConfig
-    from ray.serve.config import HTTPOptions
-
-    config = HAProxyConfig(http_options=HTTPOptions(host=host, port=port), socket_path=str(folder / "admin.sock"),
-                           server_state_base=str(folder), server_state_file=str(folder / "server-state"),
-                           metrics_socket_path=str(folder / "metrics.sock"), stats_port=stats_port,
-                           metrics_port=metrics_port,
-                           has_received_routes=True, has_received_servers=True)
-    api = HAProxyApi(cfg=config, config_file_path=str(folder / "haproxy.cfg"))
-    api.set_backend_configs({"neuroapi": BackendConfig(
-        name="http-neuroapi", path_prefix="/", app_name="neuroapi",
-        servers=[ServerConfig(name="replica", host="127.0.0.1", port=replica_port)],
-        fallback_server=ServerConfig(name="fallback", host="127.0.0.1", port=fallback_port))})
-    api._generate_config_file_internal()
-    return (folder / "haproxy.cfg").read_text()
 
 
 def haproxy_binary() -> str:
