@@ -186,7 +186,7 @@ class ProviderClient:
             return _transport_failure(error, started)
         finally:
             if response is not None:
-                await response.aclose()
+                await asyncio.shield(response.aclose())
         if len(raw) > self._max_response:
             return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
         try:
@@ -250,6 +250,9 @@ class ProviderClient:
                         yield StreamStart(_elapsed_ms(started), b"".join(out))
                 if progress:
                     clock.progress()
+            # Closed now, before the last items are yielded: a caller that cancels the stream
+            # once it has them (the ingress does) would otherwise leave the connection open.
+            await response.aclose()
             if not translator.finished:
                 raise StreamFailed(
                     GatewayError(502, "The upstream provider ended the answer early.",
@@ -275,7 +278,8 @@ class ProviderClient:
             error, retriable = unreadable(), True
         finally:
             # Also runs when the caller goes away mid-stream: the upstream request is cancelled.
-            await response.aclose()
+            # Shielded: a second cancellation must not leave the connection half-closed.
+            await asyncio.shield(response.aclose())
         if started_answer:  # after the first byte: end the caller's stream with the error
             yield StreamEnd(translator.usage, error)
         else:

@@ -135,3 +135,24 @@ async def test_answers_carry_their_exact_price_in_usage(upstreams, provider):
     plain = await collect(client, call(provider))
     assert b"cost_units" not in b"".join(i.first if isinstance(i, StreamStart) else i
                                          for i in plain if isinstance(i, (bytes, StreamStart)))
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_finished_stream_frees_its_upstream_connection_even_if_the_caller_never_closes_it(upstreams, provider):
+    """The ingress cancels a stream once it has its end; a replica's generator left suspended at
+    its last item must not keep the upstream connection checked out (the soak saw them pile up
+    in CLOSE-WAIT)."""
+    client = client_for(upstreams, provider)
+    suspended = []
+    for _ in range(3):
+        stream = client.stream(call(provider))
+        async for item in stream:
+            if isinstance(item, StreamEnd):
+                break  # as a cancelled caller leaves it: neither finished nor closed
+        suspended.append(stream)
+    pool = client._http._transport._pool
+    checked_out = [c for c in pool.connections if not c.is_idle() and not c.is_closed()]
+    assert checked_out == []
+    for stream in suspended:
+        await stream.aclose()
+    await client.aclose()
