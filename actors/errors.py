@@ -72,3 +72,9 @@ def service_unavailable(retry_after_s: int = 2) -> GatewayError:
         code="service_unavailable",
         headers={"Retry-After": str(retry_after_s)},
     )
+
+
+def busy(what: str, code: str) -> GatewayError:
+    """Work the gateway bounds (password hashing) is at its limit: retry in a moment."""
+    return GatewayError(503, f"{what}; retry in a moment.", type="server_error", code=code,
+                        headers={"Retry-After": "1"})

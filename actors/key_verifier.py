@@ -11,16 +11,14 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ray import serve
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.account_service import AccountService
 from actors.accounts import Account, AccountError, AccountExists
-from actors.errors import GatewayError, service_unavailable
+from actors.errors import GatewayError, busy, service_unavailable
 from actors.key_material import ReplicaKeyMaterial
 from actors.key_store import KeyInfo, KeyStore, VerifiedKey
 from actors.passwords import PasswordError
-from actors.redis_conn import connect
+from actors.redis_conn import UNREACHABLE, connect
 from actors.sessions import Session
 from actors.work_budget import Busy
 from config import logs
@@ -36,14 +34,9 @@ def redis_down_is_503(method: Callable[..., Awaitable[T]]) -> Callable[..., Awai
     async def answer(self, *args):
         try:
             return await method(self, *args)
-        except (RedisConnectionError, RedisTimeoutError):
+        except UNREACHABLE:
             return service_unavailable()
     return answer
-
-
-def busy(what: str, code: str) -> GatewayError:
-    return GatewayError(503, f"{what}; retry in a moment.", type="server_error", code=code,
-                        headers={"Retry-After": "1"})
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})

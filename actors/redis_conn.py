@@ -19,6 +19,8 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+# What "Redis is out of reach" looks like to a client: retried here, a 503 for callers.
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 RETRIES = 5
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 0.5
@@ -26,7 +28,7 @@ RETRY_CAP_S = 0.5
 
 def default_retry() -> Retry:
     return Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), RETRIES,
-                 supported_errors=(RedisConnectionError, RedisTimeoutError))
+                 supported_errors=UNREACHABLE)
 
 
 def connect(url: str, *, socket_timeout: float | None = None, retries: int | None = None,
@@ -48,7 +50,7 @@ def redis_unavailable(error: BaseException) -> bool:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
+        if isinstance(error, UNREACHABLE):
             return True
         error = getattr(error, "cause", None) or error.__cause__ or error.__context__
     return False

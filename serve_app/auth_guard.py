@@ -18,12 +18,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.auth_throttle import FailedAuthThrottle, source_bucket
 from actors.errors import GatewayError
 from actors.invalidation import InvalidationTimeout, broadcast
+from actors.redis_conn import UNREACHABLE
 from serve_app.client_address import Network, client_address
 from serve_app.local_window import LocalSlidingWindow
 
@@ -98,7 +97,7 @@ class FailedAuthGuard:
         """Count a failed attempt; the error to answer with (429 once the address is blocked)."""
         try:
             verdict, shared = await self._throttle.record_failure(address), True
-        except (RedisConnectionError, RedisTimeoutError):  # Redis away: this replica counts alone meanwhile
+        except UNREACHABLE:  # Redis away: this replica counts alone meanwhile
             verdict, shared = self._local.record(address), False
         if not verdict.blocked_for_s:
             return error
