@@ -60,5 +60,5 @@ if ! .venv/bin/python -c 'import vllm' 2>/dev/null; then
     echo "install.sh: ${vllm_build[0]} did not install here; in-house models run on the transformers engine" >&2
   fi
 fi
-engine=$(.venv/bin/python -c 'from models.engines import engine_kind; print(engine_kind("auto"))')
+engine=$(.venv/bin/python -c 'from models.engine_choice import engine_kind; print(engine_kind("auto"))')
 echo "installed: $(.venv/bin/neuroapi --help >/dev/null && echo neuroapi) in $(pwd)/.venv (in-house engine: $engine)" >&2

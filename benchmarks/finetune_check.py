@@ -5,7 +5,7 @@ the adapter against the same request to its base model, in one run.
     .venv/bin/python -m benchmarks.finetune_check [--requests 8] [--max-tokens 32]
 
 It serves the embedded default model (converted once into the model cache) with LoRA on, builds a
-real PEFT adapter for it (``tests/lora.py``) and prints a table."""
+real PEFT adapter for it (``tests/support/lora.py``) and prints a table."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import httpx
 from benchmarks.gpu_check import MODEL, Gateway, offline
 from config.settings import load_settings
 from models.model_source import resolve
-from tests.lora import build_adapter
+from tests.support.lora import build_adapter
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 

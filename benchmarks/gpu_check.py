@@ -21,41 +21,27 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from benchmarks.gpu_check_load import Level, Sample, messages, run_levels
+from benchmarks.gpu_check_model import SHAPES, build_model
+from benchmarks.gpu_check_report import device_name, table, write
 from benchmarks.systems import System, wait_for
 from serve_app.runtime import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "gpu-check-model"
-BUILTIN = "builtin:smollm2-135m-instruct"
 MAX_MODEL_LEN = 2048
 MAX_NUM_SEQS = 64
 GPU_MEMORY_UTILIZATION = 0.85
-STAMP = "neuroapi-gpu-check.json"
-
-# Llama shapes; weights are random (seed 0) and saved in bf16.
-SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "head_dim": 64, "intermediate_size": 512, "max_position_embeddings": 4096,
-             "tie_word_embeddings": True},
-    "1b": {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "head_dim": 64, "intermediate_size": 8192, "max_position_embeddings": 4096,
-           "tie_word_embeddings": True},  # Llama-3.2-1B-like
-    "8b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "head_dim": 128, "intermediate_size": 14336, "max_position_embeddings": 8192,
-           "tie_word_embeddings": False},  # Llama-3-8B-like
-}
 
 
 def has_cuda() -> bool:
@@ -68,111 +54,6 @@ def offline() -> None:
     """No hub, no telemetry: for this process and everything it starts."""
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK"):
         os.environ[name] = "1"
-
-
-def model_cache_dir() -> Path:
-    if os.environ.get("NEUROAPI_MODEL_CACHE_DIR"):
-        return Path(os.environ["NEUROAPI_MODEL_CACHE_DIR"])
-    from config.settings import load_settings
-
-    return load_settings().models_dir
-
-
-# ---- the model ----------------------------------------------------------------------------
-
-
-def build_model(shape: str, folder: Path) -> Path:
-    """A random-weight ``LlamaForCausalLM`` of ``shape`` with SmolLM2's tokenizer (reused if built)."""
-    wanted = {"shape": shape, **SHAPES[shape]}
-    stamp = folder / STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
-        print(f"model: reusing {folder}", flush=True)
-        return folder
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from models.model_source import resolve
-
-    started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(resolve(BUILTIN, model_cache_dir()))
-    config = LlamaConfig(
-        **SHAPES[shape], vocab_size=len(tokenizer), rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)  # on the CPU: no CUDA here
-    if folder.exists():
-        shutil.rmtree(folder)
-    model.save_pretrained(folder, safe_serialization=True)
-    model.generation_config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    stamp.write_text(json.dumps(wanted))
-    parameters = sum(p.numel() for p in model.parameters())
-    del model
-    print(f"model: {shape} ({parameters / 1e9:.2f}B parameters, vocab {len(tokenizer)}) built in "
-          f"{time.perf_counter() - started:.0f}s at {folder}", flush=True)
-    return folder
-
-
-def messages(index: int) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"Request {index}: write a long story about the number {index}."}]
-
-
-# ---- measuring ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    completion_tokens: int
-    ttft_s: float | None  # until the first token's text; None if none came
-
-
-@dataclass(frozen=True, slots=True)
-class Level:
-    concurrency: int
-    requests: int
-    completion_tokens: int
-    wall_s: float
-    tokens_per_s: float
-    ttft_p50_s: float | None
-    early_stops: int  # requests that ended before max_tokens
-
-
-OneRequest = Callable[[int], Awaitable[Sample]]
-
-
-def requests_per_stream(concurrency: int, rounds: int) -> int:
-    return max(rounds, 3) if concurrency == 1 else rounds
-
-
-async def run_level(one: OneRequest, concurrency: int, rounds: int, max_tokens: int, first_index: int) -> Level:
-    """``concurrency`` streams at once, each running its requests back to back."""
-    per_stream = requests_per_stream(concurrency, rounds)
-
-    async def stream(worker: int) -> list[Sample]:
-        return [await one(first_index + worker * per_stream + k) for k in range(per_stream)]
-
-    started = time.perf_counter()
-    samples = [s for batch in await asyncio.gather(*(stream(w) for w in range(concurrency))) for s in batch]
-    wall = time.perf_counter() - started
-    tokens = sum(s.completion_tokens for s in samples)
-    ttfts = [s.ttft_s for s in samples if s.ttft_s is not None]
-    return Level(concurrency, len(samples), tokens, round(wall, 3), round(tokens / wall, 1),
-                 round(statistics.median(ttfts), 4) if ttfts else None,
-                 sum(s.completion_tokens < max_tokens for s in samples))
-
-
-async def run_levels(one: OneRequest, label: str, args: argparse.Namespace) -> dict[int, Level]:
-    await one(10_000_000)  # warm-up, not measured
-    levels: dict[int, Level] = {}
-    for number, concurrency in enumerate(args.concurrency):
-        level = await run_level(one, concurrency, args.rounds, args.max_tokens, number * 100_000)
-        print(f"{label:>8} c={concurrency:<3} {level.tokens_per_s:>9.1f} tok/s  ttft p50 "
-              f"{fmt_ms(level.ttft_p50_s)}  ({level.requests} requests, {level.completion_tokens} tokens, "
-              f"{level.wall_s:.1f}s, {level.early_stops} early stops)", flush=True)
-        levels[concurrency] = level
-    return levels
 
 
 # ---- the engine alone ---------------------------------------------------------------------
@@ -408,49 +289,6 @@ def gateway_run(folder: Path, workdir: Path, args: argparse.Namespace, gpu: bool
         raise
     finally:
         gateway.stop()
-
-
-# ---- the report ---------------------------------------------------------------------------
-
-
-def fmt_ms(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def device_name(gpu: bool) -> str:
-    if not gpu:
-        return "CPU"
-    import torch
-
-    return torch.cuda.get_device_name(0)  # only after the engines are gone: it starts CUDA here
-
-
-def table(result: dict) -> str:
-    served = f" (through NeuroAPI: {result['gateway_engine']})" if result.get("gateway_engine") else ""
-    lines = [f"**{result['device']}** · shape {result['shape']} · vLLM {result['vllm']} · engine "
-             f"{result['engine']}{served} · max_tokens {result['max_tokens']}", "",
-             "| concurrency | engine alone tok/s | through NeuroAPI tok/s | ratio | TTFT p50 engine "
-             "| TTFT p50 NeuroAPI |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for concurrency in result["concurrency"]:
-        engine = result["engine_alone"].get(str(concurrency))
-        gateway = result["gateway"].get(str(concurrency))
-        ratio = f"{gateway['tokens_per_s'] / engine['tokens_per_s']:.2f}" if engine and gateway else "—"
-        lines.append(
-            f"| {concurrency} | {engine['tokens_per_s'] if engine else '—'} "
-            f"| {gateway['tokens_per_s'] if gateway else '—'} | {ratio} "
-            f"| {fmt_ms(engine['ttft_p50_s']) if engine else '—'} "
-            f"| {fmt_ms(gateway['ttft_p50_s']) if gateway else '—'} |")
-    startup = result.get("startup") or {}
-    if startup:
-        lines += ["", "start-up and memory: " + ", ".join(f"{k} {v}" for k, v in startup.items())]
-    return "\n".join(lines)
-
-
-def write(result: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table(result) + "\n")
 
 
 # ---- main ---------------------------------------------------------------------------------

@@ -20,14 +20,14 @@ from pathlib import Path
 import httpx
 import redis.asyncio as aioredis
 
-from actors.accounts import AccountStore
-from actors.api_keys import parse_key
-from actors.key_crypto import KeyCrypto
-from actors.key_store import KeyStore, VerifiedKey
+from actors.accounts.store import AccountStore
+from actors.keys.crypto import KeyCrypto
+from actors.keys.store import KeyStore, VerifiedKey
 from benchmarks.systems import NeuroAPI, Upstream
 from config.secrets import load_key_material
 from config.settings import load_settings
-from serve_app.key_cache import VerifiedKeyCache, fingerprint
+from core.key_format import parse_key
+from serve_app.callers.key_cache import VerifiedKeyCache, fingerprint
 from tests.conftest import start_redis
 
 CALLS = 300

@@ -18,10 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
-from actors.metadata_batcher import Batcher
-from actors.metering import CallRecord
-from actors.metering_spill import SpillFiles
-from serve_app.record_shipper import RecordShipper
+from actors.metering.batcher import Batcher
+from actors.metering.record import CallRecord
+from actors.metering.shipper import RecordShipper
+from actors.metering.spill import SpillFiles
 
 
 class _Batcher:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core.naming import provider_deployment
+
 HELD_P99_ADDED_MS = 50.0
 GATEWAYS = {"neuroapi": "NeuroAPI", "neuroapi-unmetered": "NeuroAPI, metering off", "litellm": "LiteLLM"}
 
@@ -191,7 +193,7 @@ def start_profile(system, folder: Path) -> list:
     profilers = []
     for process in tree(system.pid):
         title = " ".join(process.cmdline())
-        for role in ("Ingress", "Provider-openai"):
+        for role in ("Ingress", provider_deployment("openai")):
             if f"ServeReplica:neuroapi:{role}" in title:
                 output = folder / f"profile-{role}.txt"
                 output.parent.mkdir(parents=True, exist_ok=True)

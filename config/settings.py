@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from config.catalog import InHouseModelSpec, ModeSpec, Price, ProviderSpec
+from core.money import FINETUNE_PREFIX
 
 CATALOG_SECTIONS = ("providers", "in_house_models", "modes", "prices")
 
@@ -64,7 +65,7 @@ class Settings(BaseModel):
     failed_auth_limit: int = Field(default=20, ge=1)
     failed_auth_window_s: float = Field(default=60.0, gt=0)
     # While Redis is unreachable an ingress replica still serves keys it verified before, for
-    # at most this long after its last contact (actors.invalidation); a revocation waits at most
+    # at most this long after its last contact (core.invalidation); a revocation waits at most
     # this long for a replica cut off from Redis (or killed without a graceful stop). 0 = never.
     cache_outage_serve_s: float = Field(default=60.0, ge=0, le=3600)
     trusted_proxies: list[str] = Field(default_factory=list)
@@ -80,7 +81,7 @@ class Settings(BaseModel):
     # Sign-up attempts per source address in any sliding window (each costs a bcrypt hash).
     signup_limit: int = Field(default=10, ge=1)
     signup_window_s: float = Field(default=3600.0, gt=0)
-    # Metering (actors.metadata_batcher): call records go to Redis in batches of up to
+    # Metering (actors.metering.batcher): call records go to Redis in batches of up to
     # metering_max_batch, or once the oldest waited metering_max_age_s; up to
     # metering_buffer_records wait in memory while Redis is away, the rest in
     # <data_dir>/metering-spill. The calls stream keeps about calls_stream_max_entries entries.
@@ -133,7 +134,7 @@ class Settings(BaseModel):
                 problems.append(f"modes.{mode_name}: a mode cannot share a model's name")
             for index, candidate in enumerate(mode.candidates):
                 # A fine-tune ("ft:NAME") is deployed at run time; the registry resolves it per call.
-                if candidate.model not in owner and not candidate.model.startswith("ft:"):
+                if candidate.model not in owner and not candidate.model.startswith(FINETUNE_PREFIX):
                     problems.append(
                         f"modes.{mode_name}.candidates.{index}.model: unknown model "
                         f"'{candidate.model}'"

@@ -5,7 +5,7 @@ at most one is live, and the name resolves to it. Deploy makes a version live, r
 to the version that was live before it (a history of live versions, so rolling back twice goes
 back twice), retire takes the name out of service. Each change commits in one MULTI together with
 its entry in the audit stream (who, what, when), then every replica that caches the live version
-is told to drop it and confirms (``actors.invalidation.broadcast``) before the call returns.
+is told to drop it and confirms (``core.invalidation.broadcast``) before the call returns.
 The registry keeps metadata only; the files are in ``finetunes.store``.
 
 Keys: ``neuroapi:ft:<name>:v<version>`` (a hash per version), ``…:live`` (the live version),
@@ -15,7 +15,6 @@ Keys: ``neuroapi:ft:<name>:v<version>`` (a hash per version), ``…:live`` (the 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, TypeVar
@@ -24,8 +23,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from actors.invalidation import broadcast
-from actors.scopes import AUDIT_MAX_ENTRIES, AUDIT_STREAM
+from core.audit import AUDIT_MAX_ENTRIES, AUDIT_STREAM, audit_fields
+from core.invalidation import broadcast
 
 FINETUNES_TOPIC = "finetunes"  # subject: a fine-tune name whose cached live version must be dropped
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -238,7 +237,5 @@ class FineTuneRegistry:
 
     @staticmethod
     def _audit(pipe: Pipeline, action: str, actor: str, name: str, version: int | str, **extra: str) -> None:
-        pipe.xadd(AUDIT_STREAM, {
-            "at": str(int(time.time())), "actor": actor, "action": action, "name": name,
-            "version": str(version), **extra,
-        }, maxlen=AUDIT_MAX_ENTRIES, approximate=True)
+        pipe.xadd(AUDIT_STREAM, audit_fields(actor, action, name=name, version=str(version), **extra),
+                  maxlen=AUDIT_MAX_ENTRIES, approximate=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from actors.accounts import AccountError, AccountStore
 from config.settings import Settings
 from finetunes.artifact import ArtifactError, validate_adapter
 from finetunes.registry import FineTune, FineTuneRegistry, RegistryError, check_name
@@ -30,9 +30,15 @@ class DeployError(ValueError):
         self.where = where
 
 
+# An owner's email → its account id; raises ValueError (with a message for the operator) when
+# there is no such account. Accounts live in ``actors``, which this package does not import.
+OwnerLookup = Callable[[str], Awaitable[str]]
+
+
 class FineTuneService:
-    def __init__(self, settings: Settings, redis: aioredis.Redis):
+    def __init__(self, settings: Settings, redis: aioredis.Redis, owner_of: OwnerLookup):
         self._settings = settings
+        self._owner_of = owner_of
         self._redis = redis
         self.registry = FineTuneRegistry(redis)
         self._store = ArtifactStore(settings.finetune_store)
@@ -52,8 +58,8 @@ class FineTuneService:
         owner = None
         if owner_email:
             try:
-                owner = (await AccountStore(self._redis).require(owner_email)).id
-            except AccountError as error:
+                owner = await self._owner_of(owner_email)
+            except ValueError as error:
                 raise DeployError(f"{error}", "--account") from None
         base_folder = await asyncio.to_thread(resolve, spec.source, self._settings.models_dir, progress)
         base_config = json.loads((base_folder / "config.json").read_text())

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from actors.errors import GatewayError
-from actors.providers.base import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
-from config import logs
 from config.catalog import InHouseModelSpec, Price
-from models.engine import Adapter, EngineError, EngineStats
-from models.engines import build_engine
+from core import logs
+from core.backend import Completion, LoraAdapter, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
+from core.naming import model_deployment
+from models.engine import EngineStats
+from models.engine_choice import build_engine
 from models.model_server import ModelServer
 from models.model_source import offline_environment
 
@@ -33,7 +34,7 @@ def options_for(name: str, spec: InHouseModelSpec) -> dict[str, Any]:
     gpus = max(spec.num_gpus, spec.tensor_parallel_size) if spec.num_gpus and spec.tensor_parallel_size > 1 \
         else spec.num_gpus
     options: dict[str, Any] = {
-        "name": f"Model-{name}",
+        "name": model_deployment(name),
         "max_ongoing_requests": spec.max_concurrency,
         "max_queued_requests": spec.max_queued,
         "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": gpus},
@@ -48,8 +49,10 @@ def options_for(name: str, spec: InHouseModelSpec) -> dict[str, Any]:
     return options
 
 
-@serve.deployment
 class InHouseModel:
+    """One in-house model's replica: a ``ModelServer`` over its engine, with Serve's multiplexing
+    deciding which fine-tunes stay resident. ``serve_app.app`` wraps it with ``options_for``."""
+
     async def __init__(self, name: str, spec: InHouseModelSpec, model_path: str, prices: dict[str, Price]):
         logs.install(in_replica=True)
         offline_environment()
@@ -59,46 +62,20 @@ class InHouseModel:
         await engine.start()
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         self._server = ModelServer(name, spec, engine, tokenizer, prices)
-        # Fine-tunes: Serve's multiplexing keeps at most max_loras adapter ids per replica (LRU,
-        # as the engine does) and routes an adapter's calls to replicas that already hold it.
-        self._wanted: dict[str, Adapter] = {}
-        async def load(key: str) -> Adapter:  # a plain function: Serve keeps its LRU on it
-            return await self._load_adapter(key)
+        # Serve keeps at most max_loras adapter ids per replica (LRU, as the engine does) and routes
+        # an adapter's calls to replicas that already hold it; its LRU lives on a plain function.
+        async def load(key: str) -> LoraAdapter:
+            return await self._server.load_adapter(key)
 
-        self._resident = serve.multiplexed(max_num_models_per_replica=spec.max_loras)(load)
-
-    async def _load_adapter(self, key: str) -> Adapter:
-        adapter = self._wanted.pop(key)
-        await self._server.engine.load_adapter(adapter)
-        return adapter
-
-    async def _ready(self, call: UpstreamCall) -> None:
-        """The call's adapter loaded on this replica (a no-op once it is resident)."""
-        if call.adapter is not None:
-            self._wanted[call.adapter.key] = call.adapter
-            await self._resident(call.adapter.key)
-            self._wanted.pop(call.adapter.key, None)
+        self._server.hold_adapters_with(serve.multiplexed(max_num_models_per_replica=spec.max_loras)(load))
 
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
-        failure = await self._adapter_failure(call)
-        return failure or await self._server.complete(call)
+        return await self._server.complete(call)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
-        failure = await self._adapter_failure(call)
-        if failure is not None:
-            yield failure
-            return
-        async for item in self._server.stream(call):
-            yield item
-
-    async def _adapter_failure(self, call: UpstreamCall) -> UpstreamFailure | None:
-        try:
-            await self._ready(call)
-        except EngineError as error:
-            logger.warning("model %s could not load adapter %s: %s", self._server.name, call.adapter.key, error)
-            return UpstreamFailure(GatewayError(502, "The fine-tune could not be loaded on the in-house model.",
-                                                "server_error", "finetune_unavailable"), retriable=False, upstream_ms=0.0)
-        return None
+        async with aclosing(self._server.stream(call)) as items:  # Serve's cancel aborts the engine
+            async for item in items:
+                yield item
 
     async def engine_name(self) -> str:
         return self._server.engine.name

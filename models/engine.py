@@ -5,7 +5,7 @@ engine sees token ids in and streams text deltas out; everything about OpenAI's 
 stays in ``models.openai_format``. An engine counts what it did (``EngineStats``) so a test or
 an operator can see that a request the caller abandoned was really aborted in the engine.
 
-A request may name a LoRA fine-tune (``Adapter``): the engine applies it to that request only,
+A request may name a LoRA fine-tune (``LoraAdapter``): the engine applies it to that request only,
 on the same base weights, and keeps up to ``EngineOptions.max_loras`` of them resident."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from core.backend import LoraAdapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,18 +30,6 @@ class Sampling:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Adapter:
-    """A LoRA fine-tune to apply to one request: ``key`` names one version (e.g. "support-bot@v3").
-
-    A key is the adapter's identity: an engine that has it resident does not read ``path`` again,
-    so a new version of the weights needs a new key."""
-
-    key: str
-    path: Path
-    price_name: str = ""  # the catalog name its calls are priced under ("ft:NAME"; else the base's price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +76,7 @@ LORA_OFF = "this model's replicas were started without LoRA (max_lora_rank 0)"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def check_adapter(adapter: Adapter, max_lora_rank: int) -> dict:
+def check_adapter(adapter: LoraAdapter, max_lora_rank: int) -> dict:
     """The adapter's ``adapter_config.json``, once it is known to be a LoRA adapter this engine
     can load: a local folder with safetensors weights and a rank of at most ``max_lora_rank``."""
     if max_lora_rank <= 0:
@@ -125,7 +115,7 @@ class Engine(ABC):
 
     @abstractmethod
     def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
-                 adapter: Adapter | None = None) -> AsyncIterator[Delta]:
+                 adapter: LoraAdapter | None = None) -> AsyncIterator[Delta]:
         """Stream the completion (with ``adapter`` applied: loaded first if it is not resident).
         Closing the iterator early aborts the request in the engine."""
 
@@ -140,7 +130,7 @@ class Engine(ABC):
     @abstractmethod
     def stats(self) -> EngineStats: ...
 
-    async def load_adapter(self, adapter: Adapter) -> None:
+    async def load_adapter(self, adapter: LoraAdapter) -> None:
         """Make the adapter resident, ready for requests (evicting the least recently used one
         beyond ``max_loras``); raises EngineError if it cannot load."""
         raise EngineError(f"the {self.name} engine does not serve LoRA fine-tunes")

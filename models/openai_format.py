@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from actors.errors import GatewayError
-from actors.providers.base import Usage, priced_json
-from actors.providers.sse import encode
+from core.backend import Usage
+from core.errors import GatewayError
+from core.money import priced_json
+from core.sse import encode
 from models.engine import Sampling
 
 

@@ -17,12 +17,13 @@ import asyncio
 import concurrent.futures
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from core.backend import LoraAdapter
+from models.decoding import Decoder, first_stop, pick_token, stop_prefix_length
 from models.engine import (
     LORA_OFF,
-    Adapter,
     Delta,
     Engine,
     EngineError,
@@ -34,7 +35,6 @@ from models.engine import (
 from models.model_source import offline_environment
 
 T = TypeVar("T")
-GREEDY_BELOW = 1e-5  # a temperature this small means argmax (and avoids dividing by ~0)
 DTYPES = {"float32": "float32", "float": "float32", "fp32": "float32", "float16": "float16",
           "half": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
@@ -44,35 +44,6 @@ class _Request:
     """What ``abort`` can reach while a request waits for the lock or generates."""
 
     aborted: bool = False
-
-
-@dataclass(slots=True)
-class _Decoder:
-    """One request's decode state; only ever touched on the engine's worker thread."""
-
-    sampling: Sampling
-    generator: Any  # torch.Generator
-    counts: Any = None  # torch tensor: how often each token id was generated (for the penalties)
-    past: Any = None  # the KV cache
-    ids: list[int] = field(default_factory=list)
-
-
-def stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest tail of ``text`` that could still grow into a stop string: that much
-    is held back, so no part of a stop string ever reaches the caller."""
-    longest = 0
-    for stop in stops:
-        for length in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:length]):
-                longest = length
-                break
-    return longest
-
-
-def first_stop(text: str, stops: tuple[str, ...]) -> int:
-    """Where the earliest stop string starts in ``text``, or -1."""
-    found = [index for index in (text.find(stop) for stop in stops if stop) if index >= 0]
-    return min(found, default=-1)
 
 
 class TransformersEngine(Engine):
@@ -163,11 +134,11 @@ class TransformersEngine(Engine):
 
     # -- LoRA adapters ------------------------------------------------------------------------
 
-    async def load_adapter(self, adapter: Adapter) -> None:
+    async def load_adapter(self, adapter: LoraAdapter) -> None:
         async with self._lock:
             await self._ensure_adapter(adapter)
 
-    async def _ensure_adapter(self, adapter: Adapter) -> str:
+    async def _ensure_adapter(self, adapter: LoraAdapter) -> str:
         """The adapter's PEFT name, loading it first if it is not resident (the lock is held)."""
         if self._model is None:
             raise EngineError("the transformers engine is not running")
@@ -188,7 +159,7 @@ class TransformersEngine(Engine):
             await self._on_worker(self._peft.delete_adapter, evicted)
         return name
 
-    def _load_adapter(self, adapter: Adapter, name: str) -> None:
+    def _load_adapter(self, adapter: LoraAdapter, name: str) -> None:
         offline_environment()
         from peft import PeftModel
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -241,7 +212,7 @@ class TransformersEngine(Engine):
 
     # -- the decode loop --------------------------------------------------------------------
 
-    def _new_decoder(self, sampling: Sampling) -> _Decoder:
+    def _new_decoder(self, sampling: Sampling) -> Decoder:
         import torch
 
         generator = torch.Generator(device=self._device)
@@ -249,9 +220,9 @@ class TransformersEngine(Engine):
             generator.manual_seed(sampling.seed)
         else:
             generator.seed()
-        return _Decoder(sampling, generator)
+        return Decoder(sampling, generator)
 
-    def _step(self, decoder: _Decoder, input_ids: list[int]) -> tuple[int, str]:
+    def _step(self, decoder: Decoder, input_ids: list[int]) -> tuple[int, str]:
         """One forward pass (the whole prompt first, then the last token): the next token, and the
         completion so far decoded."""
         import torch
@@ -261,7 +232,7 @@ class TransformersEngine(Engine):
             output = self._model(input_ids=inputs, past_key_values=decoder.past, use_cache=True)
             decoder.past = output.past_key_values
             logits = output.logits[0, -1].float()
-            token = self._pick(decoder, logits)
+            token = pick_token(decoder, logits)
             if decoder.counts is None:
                 decoder.counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=self._device)
             decoder.counts[token] += 1
@@ -270,30 +241,9 @@ class TransformersEngine(Engine):
         # decoding is cheap next to a forward pass.
         return token, self._tokenizer.decode(decoder.ids, skip_special_tokens=True)
 
-    @staticmethod
-    def _pick(decoder: _Decoder, logits: Any) -> int:
-        """OpenAI's penalties over the generated tokens, then argmax or temperature + top-p sampling."""
-        import torch
-
-        sampling = decoder.sampling
-        if decoder.counts is not None and (sampling.frequency_penalty or sampling.presence_penalty):
-            logits = (logits - sampling.frequency_penalty * decoder.counts
-                      - sampling.presence_penalty * (decoder.counts > 0).float())
-        if sampling.temperature < GREEDY_BELOW:
-            return int(torch.argmax(logits))
-        probabilities = torch.softmax(logits / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_probabilities, order = torch.sort(probabilities, descending=True)
-            before = torch.cumsum(sorted_probabilities, dim=-1) - sorted_probabilities
-            outside = before >= sampling.top_p
-            outside[0] = False  # the most likely token always stays
-            sorted_probabilities[outside] = 0.0
-            choice = torch.multinomial(sorted_probabilities, 1, generator=decoder.generator)
-            return int(order[choice])
-        return int(torch.multinomial(probabilities, 1, generator=decoder.generator))
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
-                       adapter: Adapter | None = None) -> AsyncIterator[Delta]:
+                       adapter: LoraAdapter | None = None) -> AsyncIterator[Delta]:
         """Stream the completion, one forward pass per step on the worker thread (with the
         adapter on: loaded first if it is not resident).
 
@@ -352,7 +302,7 @@ class TransformersEngine(Engine):
             raise EngineError(f"the prompt ({len(prompt_token_ids)} tokens) and max_tokens "
                               f"({sampling.max_tokens}) exceed max_model_len {self._options.max_model_len}")
 
-    def _finish(self, decoder: _Decoder, token: int, text: str, stops: tuple[str, ...]) -> tuple[str | None, int]:
+    def _finish(self, decoder: Decoder, token: int, text: str, stops: tuple[str, ...]) -> tuple[str | None, int]:
         """Whether the completion ends after ``token``, and how much of ``text`` it then shows."""
         cut = first_stop(text, stops) if stops else -1
         if cut >= 0:

@@ -21,9 +21,9 @@ import asyncio
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 
+from core.backend import LoraAdapter
 from models.engine import (
     LORA_OFF,
-    Adapter,
     Delta,
     Engine,
     EngineError,
@@ -119,7 +119,7 @@ class VLLMEngine(Engine):
 
     # -- LoRA adapters ----------------------------------------------------------------------
 
-    def _lora_request(self, adapter: Adapter):
+    def _lora_request(self, adapter: LoraAdapter):
         from vllm.lora.request import LoRARequest
 
         lora_id = self._lora_ids.setdefault(adapter.key, len(self._lora_ids) + 1)
@@ -129,7 +129,7 @@ class VLLMEngine(Engine):
         freed, self._freed = self._freed, asyncio.Event()
         freed.set()
 
-    async def _acquire(self, adapter: Adapter, hold: bool):
+    async def _acquire(self, adapter: LoraAdapter, hold: bool):
         """The adapter's ``LoRARequest`` once it is resident (loaded now if need be); with ``hold``
         it counts as busy until ``_release``."""
         if self._options.max_lora_rank <= 0:
@@ -171,7 +171,7 @@ class VLLMEngine(Engine):
         del self._resident[key]
         await self._engine.remove_lora(self._lora_ids[key])
 
-    async def load_adapter(self, adapter: Adapter) -> None:
+    async def load_adapter(self, adapter: LoraAdapter) -> None:
         await self._acquire(adapter, hold=False)
 
     async def unload_adapter(self, key: str) -> None:
@@ -191,7 +191,7 @@ class VLLMEngine(Engine):
         return list(self._resident)
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
-                       adapter: Adapter | None = None) -> AsyncIterator[Delta]:
+                       adapter: LoraAdapter | None = None) -> AsyncIterator[Delta]:
         from vllm import TokensPrompt
 
         tokens, finished, held = 0, False, None

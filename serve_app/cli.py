@@ -18,24 +18,25 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from actors.accounts import AccountError, AccountStore
-from actors.invalidation import InvalidationTimeout
-from actors.key_crypto import KeyCrypto
-from actors.key_rotation import rotate
-from actors.key_store import KeyStore
-from actors.metering import current_month
-from actors.redis_conn import connect
-from actors.scopes import Scope, ScopeError, ScopeStore, checked
-from actors.usage_store import UsageStore
-from config import logs
+from actors.accounts.store import AccountError, AccountStore, normalise_email
+from actors.keys.crypto import KeyCrypto
+from actors.keys.rotation import rotate
+from actors.keys.store import KeyStore
+from actors.metering.usage_report import usage_document
+from actors.metering.usage_store import UsageStore
+from actors.routing.scope_service import ScopeService
 from config.secrets import load_key_material
 from config.settings import ConfigError, Settings, load_settings
+from core import logs
+from core.invalidation import InvalidationTimeout
+from core.money import FINETUNE_PREFIX
+from core.redis_conn import connect
+from core.scope import Scope, ScopeError
 from finetunes.registry import FineTune, RegistryError
 from finetunes.service import DeployError, FineTuneService
-from serve_app.admin_token import ENV as ADMIN_TOKEN_ENV
-from serve_app.admin_token import read_admin_token
+from serve_app.callers.admin_token import ENV as ADMIN_TOKEN_ENV
+from serve_app.callers.admin_token import read_admin_token
 from serve_app.local_redis import LocalRedis, LocalRedisError
-from serve_app.usage_report import previous_month, usage_view
 
 
 def say(message: str) -> None:
@@ -116,18 +117,18 @@ async def _accounts_create(redis: Redis, settings: Settings, email: str) -> int:
 
 
 async def _accounts_scope(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
-    account = await AccountStore(redis).require(args.email)
-    store = ScopeStore(redis)
+    service = ScopeService(redis, set(settings.providers))
+    _, scope = await service.lookup(args.email)  # an unknown account is reported before a bad option
+    email = normalise_email(args.email)  # as the account stores it
     if args.clear or args.in_house_only or args.exclude_provider:
         wanted = Scope(args.in_house_only, frozenset(args.exclude_provider or ()))
         if args.clear and wanted.restricted:
             raise ScopeError("--clear takes no other option")
-        confirmed = await store.set(account.id, checked(wanted, set(settings.providers)),
-                                    actor=f"cli:{getpass.getuser()}")
-        say(f"scope of {account.email} set; {confirmed} gateway replica(s) confirmed")
-    scope = await store.get(account.id)
+        _, confirmed = await service.set(args.email, wanted, actor=f"cli:{getpass.getuser()}")
+        say(f"scope of {email} set; {confirmed} gateway replica(s) confirmed")
+        _, scope = await service.lookup(args.email)
     excluded = ",".join(sorted(scope.excluded_providers)) or "-"
-    print(f"{account.email}\tin_house_only={'yes' if scope.in_house_only else 'no'}\texcluded={excluded}")
+    print(f"{email}\tin_house_only={'yes' if scope.in_house_only else 'no'}\texcluded={excluded}")
     return 0
 
 
@@ -135,11 +136,8 @@ async def _usage(redis: Redis, settings: Settings, email: str, month: str | None
     account = await AccountStore(redis).require(email)
     if month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
         raise ConfigError("--month: use YYYY-MM")
-    current = current_month(int(time.time() * 1000))
-    months = [month] if month else [current, previous_month(current)]
-    store = UsageStore(redis)
-    data = [usage_view(m, await store.month(account.id, m)) for m in months]
-    print(json.dumps({"object": "usage", "account_id": account.id, "data": data}, indent=2))
+    document = await usage_document(UsageStore(redis), account.id, [month] if month else None)
+    print(json.dumps(document, indent=2))
     return 0
 
 
@@ -149,7 +147,7 @@ def _finetune_line(ft: FineTune) -> str:
 
 
 async def _finetunes(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
-    service = FineTuneService(settings, redis)
+    service = FineTuneService(settings, redis, AccountStore(redis).id_of)
     actor = f"cli:{getpass.getuser()}"
     if args.action == "deploy":
         started = time.monotonic()
@@ -159,7 +157,7 @@ async def _finetunes(redis: Redis, settings: Settings, args: argparse.Namespace)
             say(f"neuroapi: not deployed: {error}" + (f" ({error.where})" if error.where else ""))
             return 1
         say(f"deployed {live.key} on {live.base_model} in {time.monotonic() - started:.1f}s; "
-            f"live for the next request as model 'ft:{live.name}'")
+            f"live for the next request as model '{FINETUNE_PREFIX}{live.name}'")
         print(_finetune_line(live))
     elif args.action == "list":
         for name, live in await service.listing():

@@ -104,7 +104,7 @@ def start_gateway(settings, redis_url: str, num_cpus: int | None = None, should_
     import ray
     from ray import serve
 
-    from actors.invalidation import mark_registry_fresh
+    from core.invalidation import mark_registry_fresh
     from serve_app.app import build_app
 
     if not ray.is_initialized():
@@ -119,7 +119,7 @@ def start_gateway(settings, redis_url: str, num_cpus: int | None = None, should_
         )
     keep_ray_token_private()
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    # Before any cache holder exists: a missing holder registry has missed nothing (actors.invalidation).
+    # Before any cache holder exists: a missing holder registry has missed nothing (core.invalidation).
     mark_registry_fresh(redis_url)
     serve.run(build_app(settings, redis_url), name=APP_NAME, route_prefix="/")
     url = f"http://{settings.host}:{settings.port}"
@@ -133,9 +133,11 @@ def in_house_engines(settings) -> dict[str, str]:
 
     from ray import serve
 
+    from core.naming import model_deployment
+
     async def ask() -> dict[str, str]:
         # In an event loop: with throughput-optimised Serve, handles route on the caller's loop.
-        return {name: await serve.get_deployment_handle(f"Model-{name}", APP_NAME).engine_name.remote()
+        return {name: await serve.get_deployment_handle(model_deployment(name), APP_NAME).engine_name.remote()
                 for name in settings.served_in_house()}
 
     return asyncio.run(ask())

@@ -7,56 +7,19 @@ import base64
 import json
 import os
 import secrets
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 import yaml
 from cryptography.fernet import Fernet
 
 from serve_app.runtime import free_port
-from tests.fakes.upstreams import CREDENTIALS, FakeUpstreams
+from tests.support.redis_servers import RedisServer, start_redis
+from tests.support.upstreams import CREDENTIALS, FakeUpstreams
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class RedisServer:
-    url: str
-    port: int
-    process: subprocess.Popen[bytes]
-    folder: Path
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True)
-
-
-def start_redis(folder: Path) -> RedisServer:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (the .ci/run script installs it)")
-    port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--logfile", str(folder / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    server = RedisServer(f"redis://127.0.0.1:{port}/0", port, process, folder)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if server.client().ping():
-                return server
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

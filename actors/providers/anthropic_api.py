@@ -15,17 +15,16 @@ import json
 import time
 from typing import Any
 
-from actors.providers.base import (
+from actors.providers.adapter import (
     MalformedAnswer,
     ProviderAdapter,
     StreamTranslator,
-    UpstreamCall,
-    Usage,
     failure_in_stream,
     is_count,
     require,
 )
-from actors.providers.sse import SSEEvent, encode
+from core.backend import UpstreamCall, Usage
+from core.sse import SSEEvent, encode
 
 API_VERSION = "2023-06-01"
 _NOT_SUPPORTED = ("presence_penalty", "frequency_penalty", "seed")

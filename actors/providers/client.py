@@ -21,25 +21,18 @@ from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
-from actors.errors import GatewayError
-from actors.metering import cost_micro_units, cost_units_text
-from actors.providers.base import (
-    Completion,
+from actors.providers.adapter import (
     ProviderAdapter,
-    StreamEnd,
     StreamFailed,
-    StreamStart,
-    UpstreamCall,
-    UpstreamFailure,
-    Usage,
     error_message_of,
     failure_for_status,
-    json_bytes,
-    priced_json,
     unreadable,
 )
-from actors.providers.sse import SSEDecoder, encode
 from config.catalog import Price, ProviderSpec
+from core.backend import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure, Usage
+from core.errors import GatewayError, upstream_error
+from core.money import cost_units_text, json_bytes, priced_json
+from core.sse import SSEDecoder, encode
 
 MAX_ERROR_BODY = 64 * 1024
 # Serve's handle messages to and from a replica are capped at 4 MiB (ray.serve constant
@@ -74,8 +67,7 @@ async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> GatewayError:
-    return GatewayError(502, f"The upstream provider's answer is larger than the gateway relays ({limit} bytes).",
-                        "server_error", "upstream_error")
+    return upstream_error(f"The upstream provider's answer is larger than the gateway relays ({limit} bytes).")
 
 
 _TIMEOUTS = {
@@ -154,12 +146,14 @@ class ProviderClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def _encode(self, payload: dict, model: str, usage: Usage | None) -> bytes:
-        price = self._prices.get(model)
-        if price is None or usage is None:
+    def _priced(self, model: str, usage: Usage | None) -> Usage | None:
+        return usage and usage.priced(self._prices.get(model))
+
+    @staticmethod
+    def _encode(payload: dict, usage: Usage | None) -> bytes:
+        if usage is None or usage.cost_micro_units is None:
             return json_bytes(payload)
-        return priced_json(payload, cost_units_text(cost_micro_units(price, usage.prompt_tokens,
-                                                                     usage.completion_tokens)))
+        return priced_json(payload, cost_units_text(usage.cost_micro_units))
 
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
         url, headers, body = self.adapter.request(call, stream=False)
@@ -191,7 +185,8 @@ class ProviderClient:
             return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
         try:
             payload, usage = self.adapter.completion(call, raw)
-            answer = self._encode(payload, call.model, usage)
+            usage = self._priced(call.model, usage)
+            answer = self._encode(payload, usage)
         except _UNREADABLE:
             return UpstreamFailure(unreadable(), retriable=True, upstream_ms=_elapsed_ms(started))
         if len(answer) > self._max_response:  # translated or priced, it grew past the bound
@@ -255,18 +250,17 @@ class ProviderClient:
             await response.aclose()
             if not translator.finished:
                 raise StreamFailed(
-                    GatewayError(502, "The upstream provider ended the answer early.",
-                                 "server_error", "upstream_error"), retriable=True,
+                    upstream_error("The upstream provider ended the answer early."), retriable=True,
                 )
-            last = b""
+            last, usage = b"", self._priced(call.model, translator.usage)
             if translator.usage_chunk is not None:  # the caller asked for usage: last, priced
-                last = encode(self._encode(translator.usage_chunk, call.model, translator.usage))
+                last = encode(self._encode(translator.usage_chunk, usage))
             if not started_answer:  # a finished answer with no events before the end
                 started_answer = True
                 yield StreamStart(_elapsed_ms(started), last)
             elif last:
                 yield last
-            yield StreamEnd(translator.usage)
+            yield StreamEnd(usage)
             return
         except StreamFailed as failure:
             error, retriable = failure.error, failure.retriable
@@ -281,6 +275,6 @@ class ProviderClient:
             # Shielded: a second cancellation must not leave the connection half-closed.
             await asyncio.shield(response.aclose())
         if started_answer:  # after the first byte: end the caller's stream with the error
-            yield StreamEnd(translator.usage, error)
+            yield StreamEnd(self._priced(call.model, translator.usage), error)
         else:
             yield UpstreamFailure(error, retriable, _elapsed_ms(started))

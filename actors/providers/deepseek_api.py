@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.providers.base import UpstreamCall
 from actors.providers.openai_api import OpenAIAdapter
+from core.backend import UpstreamCall
 
 _NOT_SUPPORTED = ("seed", "user")
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from actors.providers.base import (
+from actors.providers.adapter import (
     MalformedAnswer,
     ProviderAdapter,
     StreamTranslator,
-    UpstreamCall,
-    Usage,
     failure_in_stream,
     is_count,
     require,
 )
-from actors.providers.sse import SSEEvent, encode
+from core.backend import UpstreamCall, Usage
+from core.sse import SSEEvent, encode
 
 
 def usage_from(payload: dict[str, Any]) -> Usage | None:

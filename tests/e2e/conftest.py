@@ -1,1 +1,1 @@
-from tests.integration.conftest import api_key, client  # noqa: F401  (shared fixtures)
+from tests.support.gateway_client import api_key, client  # noqa: F401  (fixtures shared with tests/integration)

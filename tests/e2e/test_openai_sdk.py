@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-from tests.fakes.upstreams import Behaviour
+from tests.support.upstreams import Behaviour
 
 MESSAGES = [{"role": "user", "content": "hello sdk"}]
 

@@ -12,9 +12,9 @@ import time
 import openai
 import pytest
 
-from models.engines import engine_kind
+from models.engine_choice import engine_kind
 from serve_app.runtime import free_port, wait_until_ready
-from tests.fakes.upstreams import CREDENTIALS
+from tests.support.upstreams import CREDENTIALS
 
 
 @pytest.mark.slow

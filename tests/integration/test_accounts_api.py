@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.conftest import caller_address
+from tests.support.gateway_client import caller_address
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -194,7 +194,7 @@ async def test_a_wrong_checksum_is_rejected_without_a_key_lookup(client, api_key
                      401, "invalid_api_key")
     assert await key_lookups() == before
     # The control: a well-formed unknown key is looked up.
-    from actors.api_keys import generate_key
+    from core.key_format import generate_key
     assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer(generate_key()[0]))).status_code == 401
     assert await key_lookups() > before
     await redis.aclose()

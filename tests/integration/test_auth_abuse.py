@@ -9,7 +9,7 @@ import secrets
 import httpx
 import redis.asyncio as aioredis
 
-from tests.integration.conftest import caller_address, mint_key
+from tests.support.gateway_client import caller_address, mint_key
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 PASSWORD = "a long enough password"

@@ -15,9 +15,8 @@ import pytest
 
 from config.settings import load_settings
 from models.model_source import resolve
-from tests.integration.conftest import records_for
-from tests.integration.test_scopes import account_with_key, bearer
-from tests.lora import build_adapter
+from tests.support.gateway_client import account_with_key, bearer, records_for
+from tests.support.lora import build_adapter
 
 BASE = "smollm2-135m-instruct"
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]

@@ -16,9 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve_app import schemas
-from tests.integration.conftest import caller_address, mint_key
-from tests.unit.test_schema_fuzz import VALID, encode, json_values, near_valid
+from serve_app.endpoints.admin_finetunes.schema import FineTuneDeploy
+from serve_app.endpoints.admin_scopes.schema import AccountRef, AccountScopeChange
+from serve_app.endpoints.auth.schema import Credentials
+from serve_app.endpoints.chat.schema import ChatCompletionRequest
+from serve_app.endpoints.keys.schema import NewKey
+from tests.support.gateway_client import caller_address, mint_key
+from tests.support.request_bodies import VALID, encode, json_values, near_valid
 
 EXAMPLES = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -76,7 +80,7 @@ def key(gateway) -> str:
 @pytest.fixture(scope="module")
 def session_token(caller) -> str:
     """A session of the account every valid example names (signed up here)."""
-    credentials = encode(VALID[schemas.Credentials])
+    credentials = encode(VALID[Credentials])
     caller.send("POST", "/v1/auth/signup", credentials)  # 201, or 409 when another test made it
     return caller.send("POST", "/v1/auth/login", credentials).json()["token"]
 
@@ -88,9 +92,9 @@ def admin_token(gateway) -> str:
 
 def chat_bodies() -> st.SearchStrategy[bytes]:
     # Without `mode` and not streamed: most examples reach the fake upstream and back.
-    valid = {k: v for k, v in VALID[schemas.ChatCompletionRequest].items() if k not in ("mode", "stream_options")}
+    valid = {k: v for k, v in VALID[ChatCompletionRequest].items() if k not in ("mode", "stream_options")}
     valid["stream"] = False
-    return st.one_of(near_valid(schemas.ChatCompletionRequest, valid).map(encode), json_values.map(encode),
+    return st.one_of(near_valid(ChatCompletionRequest, valid).map(encode), json_values.map(encode),
                      st.binary(max_size=300))
 
 
@@ -101,13 +105,13 @@ def test_chat_completions_never_answers_5xx(caller, key, body):
 
 
 @FEWER
-@given(body=bodies(schemas.Credentials), path=st.sampled_from(["/v1/auth/signup", "/v1/auth/login"]))
+@given(body=bodies(Credentials), path=st.sampled_from(["/v1/auth/signup", "/v1/auth/login"]))
 def test_signup_and_login_never_answer_5xx(caller, body, path):
     caller.send("POST", path, body)
 
 
 @FEWER
-@given(body=bodies(schemas.NewKey))
+@given(body=bodies(NewKey))
 def test_key_creation_never_answers_5xx(caller, session_token, body):
     caller.send("POST", "/v1/keys", body, session_token)
 
@@ -115,15 +119,12 @@ def test_key_creation_never_answers_5xx(caller, session_token, body):
 @FEWER
 @given(data=st.data())
 def test_admin_scope_never_answers_5xx(caller, session_token, admin_token, data):
-    if hasattr(schemas, "AccountScopeChange"):  # the email in the body (issue 13)
-        caller.send("PUT", "/v1/admin/account-scope", data.draw(bodies(schemas.AccountScopeChange)), admin_token)
-        caller.send("POST", "/v1/admin/account-scope/lookup", data.draw(bodies(schemas.AccountRef)), admin_token)
-    else:
-        caller.send("PUT", f"/v1/admin/accounts/{EMAIL}/scope", data.draw(bodies(schemas.ScopeChange)), admin_token)
+    caller.send("PUT", "/v1/admin/account-scope", data.draw(bodies(AccountScopeChange)), admin_token)
+    caller.send("POST", "/v1/admin/account-scope/lookup", data.draw(bodies(AccountRef)), admin_token)
 
 
 @FEWER
-@given(body=bodies(schemas.FineTuneDeploy))
+@given(body=bodies(FineTuneDeploy))
 def test_finetune_deploy_never_answers_5xx(caller, admin_token, body):
     caller.send("POST", "/v1/admin/finetunes", body, admin_token)
 

@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from actors.providers.sse import SSEDecoder
-from tests.fakes.upstreams import Behaviour
-from tests.integration.conftest import mint_key
+from core.sse import SSEDecoder
+from tests.support.gateway_client import mint_key
+from tests.support.upstreams import Behaviour
 
 MESSAGES = [{"role": "user", "content": "hello gateway"}]
 # The catalog price of 2 prompt + 3 completion tokens, in cost_units.

@@ -16,12 +16,12 @@ from ray import serve
 from transformers import AutoTokenizer
 
 from config.settings import load_settings
-from models.engines import engine_kind
+from models.engine_choice import engine_kind
 from models.model_source import resolve
 from models.openai_format import prompt_token_ids
 from serve_app.runtime import APP_NAME
 from tests.conftest import TIGHT_MODEL
-from tests.integration.conftest import records_for
+from tests.support.gateway_client import records_for
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]

@@ -13,8 +13,8 @@ import httpx
 import redis.asyncio as aioredis
 from ray import serve
 
-from actors.key_store import key_record_key
-from tests.integration.conftest import mint_key
+from actors.keys.store import key_record_key
+from tests.support.gateway_client import mint_key
 
 NEUROAPI = Path(sys.executable).parent / "neuroapi"  # the installed console script
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "rotate"}]}

@@ -15,14 +15,14 @@ from pathlib import Path
 import ray
 import redis.asyncio as aioredis
 
-from actors.api_keys import _checksum, parse_key
-from actors.key_crypto import KeyCrypto
-from actors.key_store import KeyStore, key_record_key
+from actors.keys.crypto import KeyCrypto
+from actors.keys.store import KeyStore, key_record_key
 from config.secrets import load_key_material
 from config.settings import load_settings
-from tests.fakes.upstreams import CREDENTIALS, Behaviour
-from tests.integration.conftest import mint_key
-from tests.integration.test_no_retention import scan_files
+from core.key_format import _checksum, parse_key
+from tests.support.gateway_client import mint_key
+from tests.support.leak_scan import scan_files
+from tests.support.upstreams import CREDENTIALS, Behaviour
 
 
 async def revoke(gateway, key: str) -> None:

@@ -12,8 +12,8 @@ from decimal import Decimal
 import httpx
 import redis.asyncio as aioredis
 
-from tests.fakes.upstreams import Behaviour
-from tests.integration.conftest import caller_address, records_for
+from tests.support.gateway_client import caller_address, records_for
+from tests.support.upstreams import Behaviour
 
 RECORD_FIELDS = {"request_id", "timestamp_ms", "key_prefix", "account_id", "status", "mode", "backend", "model",
                  "prompt_tokens", "completion_tokens", "estimated", "cost_micro_units", "request_bytes",

@@ -10,8 +10,9 @@ import httpx
 import ray
 import redis
 
-from tests.fakes.upstreams import Behaviour
-from tests.integration.conftest import caller_address, records_for
+from tests.support.gateway_client import caller_address, records_for
+from tests.support.leak_scan import scan_files
+from tests.support.upstreams import Behaviour
 
 
 def scan_redis(url: str, needle: str) -> list[str]:
@@ -38,18 +39,6 @@ def scan_redis(url: str, needle: str) -> list[str]:
             values = []
         if needle.encode() in repr(values).encode():
             found.append(key.decode())
-    return found
-
-
-def scan_files(folders: list[Path], needle: str) -> list[str]:
-    found = []
-    for folder in folders:
-        for path in folder.rglob("*"):
-            try:
-                if path.is_file() and needle.encode() in path.read_bytes():
-                    found.append(str(path))
-            except OSError:
-                continue
     return found
 
 

@@ -11,7 +11,7 @@ import httpx
 import psutil
 
 from serve_app.runtime import APP_NAME
-from tests.integration.conftest import records_for
+from tests.support.gateway_client import records_for
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -22,12 +22,12 @@ import httpx
 import redis
 import redis.asyncio as aioredis
 
-from actors.api_keys import generate_key
-from actors.key_crypto import KeyCrypto
-from actors.key_store import KeyStore
+from actors.keys.crypto import KeyCrypto
+from actors.keys.store import KeyStore
 from config.secrets import load_key_material
 from config.settings import load_settings
-from tests.integration.conftest import caller_address, mint_key, records_for
+from core.key_format import generate_key
+from tests.support.gateway_client import caller_address, mint_key, records_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 OUTAGE_S = 5.0
@@ -38,7 +38,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def start_redis_process(server) -> subprocess.Popen:
-    """The same redis-server as tests/conftest.start_redis, on the same port and folder."""
+    """The same redis-server as tests.support.redis_servers.start_redis, on the same port and folder."""
     process = subprocess.Popen(
         [shutil.which("redis-server"), "--port", str(server.port), "--bind", "127.0.0.1", "--dir",
          str(server.folder), "--save", "", "--appendonly", "no", "--daemonize", "no",

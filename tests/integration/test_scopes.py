@@ -5,7 +5,6 @@ fallbacks), a change holds on every replica once it returns, and it is audited."
 import asyncio
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -15,27 +14,15 @@ import httpx
 import redis.asyncio as aioredis
 from ray import serve
 
-from actors.providers.base import UpstreamCall, UpstreamFailure
-from actors.scopes import AUDIT_STREAM, Scope
-from tests.fakes.upstreams import Behaviour
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from core.audit import AUDIT_STREAM
+from core.backend import UpstreamCall, UpstreamFailure
+from core.scope import Scope
+from tests.support.gateway_client import account_with_key, bearer
+from tests.support.upstreams import Behaviour
 
 
 def chat(model: str, text: str = "hello", stream: bool = False) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}
-
-
-async def account_with_key(client) -> tuple[str, str]:
-    """(email, API key) of a new account."""
-    email = f"scope-{secrets.token_hex(4)}@example.com"
-    credentials = {"email": email, "password": "a long enough password"}
-    assert (await client.post("/v1/auth/signup", json=credentials)).status_code == 201
-    token = (await client.post("/v1/auth/login", json=credentials)).json()["token"]
-    key = (await client.post("/v1/keys", json={"name": "scoped"}, headers=bearer(token))).json()["key"]
-    return email, key
 
 
 async def set_scope(client, gateway, email: str, **scope) -> dict:

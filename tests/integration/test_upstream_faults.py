@@ -11,8 +11,8 @@ import json
 import pytest
 
 from tests.conftest import FAULTY_MODEL
-from tests.fakes.upstreams import Behaviour
-from tests.integration.conftest import records_for
+from tests.support.gateway_client import records_for
+from tests.support.upstreams import Behaviour
 
 MESSAGES = [{"role": "user", "content": "hello gateway"}]
 HANG = Behaviour(delay_s=20)  # far past the faulty provider's 1 s first-byte bound

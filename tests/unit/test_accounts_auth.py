@@ -10,13 +10,13 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from actors.account_service import AccountService
-from actors.accounts import AccountExists
-from actors.auth_throttle import FailedAuthThrottle, failures_key
-from actors.passwords import MAX_LENGTH, PasswordError, hash_password, verify_password
-from actors.sessions import SessionTokens
-from serve_app.client_address import client_address, parse_networks
-from tests.unit.test_key_crypto import material
+from actors.accounts.passwords import MAX_LENGTH, PasswordError, hash_password, verify_password
+from actors.accounts.service import AccountService
+from actors.accounts.sessions import SessionTokens
+from actors.accounts.store import AccountExists
+from actors.accounts.throttle import FailedAuthThrottle, failures_key
+from serve_app.callers.client_address import client_address, parse_networks
+from tests.support.key_material import material
 
 # ---- passwords -------------------------------------------------------------------------------
 

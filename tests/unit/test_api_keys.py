@@ -1,6 +1,6 @@
 import re
 
-from actors.api_keys import generate_key, looks_like_leaked_key, parse_key
+from core.key_format import generate_key, looks_like_leaked_key, parse_key
 
 
 def test_generated_key_has_the_documented_format_and_parses_back():

@@ -8,17 +8,17 @@ import threading
 
 import pytest
 
-from actors import account_service as account_service_module
-from actors.account_service import AccountService
-from actors.accounts import AccountError, normalise_email
-from actors.auth_throttle import NOT_AN_IP, FailedAuthThrottle, SignupThrottle, source_bucket
-from actors.errors import GatewayError
-from actors.work_budget import Busy, WorkBudget
-from serve_app import auth_guard
-from serve_app.admin_token import MIN_LENGTH, read_admin_token
-from serve_app.auth_guard import FailedAuthGuard
-from serve_app.client_address import parse_networks
-from tests.unit.test_key_crypto import material
+from actors.accounts import service as account_service_module
+from actors.accounts.service import AccountService
+from actors.accounts.store import AccountError, normalise_email
+from actors.accounts.throttle import NOT_AN_IP, FailedAuthThrottle, SignupThrottle, source_bucket
+from actors.accounts.work_budget import Busy, WorkBudget
+from core.errors import GatewayError
+from serve_app.callers import guard as auth_guard
+from serve_app.callers.admin_token import MIN_LENGTH, read_admin_token
+from serve_app.callers.client_address import parse_networks
+from serve_app.callers.guard import FailedAuthGuard
+from tests.support.key_material import material
 
 HOSTILE_SOURCES = ["not an ip {}[]", "x" * 7000, "127.0.0.1 ", "::ffff:zz", "", "1.2.3.4:80", "neuroapi:*"]
 

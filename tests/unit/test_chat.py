@@ -4,26 +4,11 @@ import json
 
 import pytest
 
-from actors.errors import GatewayError
-from actors.providers.base import UpstreamCall
-from actors.routing import Backend
-from serve_app.chat import Outcome, complete_chat, open_chat_stream
-from tests.fakes.upstreams import Behaviour
-from tests.unit.test_provider_client import client_for
-
-ORDER = [Backend("deepseek-chat", "deepseek", "deepseek"), Backend("claude-haiku-4-5", "anthropic", "anthropic")]
-CALL = UpstreamCall("req-1", "", {"messages": [{"role": "user", "content": "hi there"}]}, False)
-
-
-class DirectBackends:
-    def __init__(self, upstreams):
-        self._clients = {p: client_for(upstreams, p) for p in ("deepseek", "anthropic")}
-
-    async def complete(self, backend, call):
-        return await self._clients[backend.provider].complete(call)
-
-    def stream(self, backend, call):
-        return self._clients[backend.provider].stream(call)
+from core.backend import UpstreamCall
+from core.errors import GatewayError
+from serve_app.endpoints.chat.fallback import Outcome, complete_chat, open_chat_stream
+from tests.support.chat_backends import CALL, ORDER, DirectBackends
+from tests.support.upstreams import Behaviour
 
 
 @pytest.mark.parametrize("status", [503, 429])

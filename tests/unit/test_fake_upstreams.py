@@ -3,7 +3,7 @@
 import anthropic
 import openai
 
-from tests.fakes.upstreams import CREDENTIALS, Behaviour
+from tests.support.upstreams import CREDENTIALS, Behaviour
 
 
 def test_openai_sdk_reads_the_fake_openai_and_deepseek(upstreams):

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from actors.invalidation import InvalidationListener
-from actors.scopes import AUDIT_STREAM
+from core.audit import AUDIT_STREAM
+from core.invalidation import InvalidationListener
 from finetunes.registry import FINETUNES_TOPIC, FineTune, FineTuneRegistry, RegistryError
 
 

@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 
 from finetunes.artifact import CONFIG_FILE, WEIGHTS_FILE, ArtifactError, validate_adapter  # noqa: E402
 from finetunes.store import ArtifactStore  # noqa: E402
-from tests.unit.test_finetune_artifact import BASE, FAKE, make_adapter  # noqa: E402
+from tests.support.adapter_files import BASE, FAKE, make_adapter  # noqa: E402
 
 
 @pytest.fixture

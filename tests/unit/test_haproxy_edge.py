@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 
 from benchmarks.edge_cost import render_ray_config
 from serve_app import haproxy_edge
-from serve_app.client_address import client_address, forwarded_for, parse_networks
+from serve_app.callers.client_address import client_address, forwarded_for, parse_networks
 from serve_app.haproxy_edge import EdgeSettings
 from serve_app.runtime import free_port, wait_until_ready
 

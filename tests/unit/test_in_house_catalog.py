@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actors.errors import GatewayError
-from actors.routing import Backend, build_routing_table
-from actors.scopes import Scope
+from actors.routing.table import Backend, build_routing_table
 from config.catalog import Autoscaling, InHouseModelSpec
 from config.settings import ConfigError, load_settings
-from models import engines, model_source
+from core.errors import GatewayError
+from core.scope import Scope
+from models import engine_choice as engines
+from models import model_source
 from models.engine import EngineError, EngineOptions
-from models.engines import engine_kind, engine_options
+from models.engine_choice import engine_kind, engine_options
 from models.model_source import ModelSourceError, check_folder, resolve
 from models.vllm_engine import GIB, engine_arguments
 

@@ -1,4 +1,4 @@
-"""Serving through a Redis outage without a grace period for revocation (actors.invalidation):
+"""Serving through a Redis outage without a grace period for revocation (core.invalidation):
 cache holders' leases, what a broadcast waits for, and what a cut-off holder may serve.
 Real redis-servers; a holder "cut off" is one whose listener stopped without a graceful stop
 (as a partition or kill -9 leaves it) or one whose Redis went away."""
@@ -12,9 +12,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from actors import invalidation
-from actors.errors import GatewayError
-from actors.invalidation import (
+from core import invalidation
+from core.errors import GatewayError
+from core.invalidation import (
     CREATED_FIELD,
     HOLDERS,
     LEASE_MARGIN_S,
@@ -22,13 +22,13 @@ from actors.invalidation import (
     broadcast,
     server_time_us,
 )
-from actors.redis_conn import connect
-from serve_app.auth_guard import FailedAuthGuard
-from serve_app.client_address import parse_networks
-from serve_app.local_window import LocalSlidingWindow
+from core.redis_conn import connect
+from serve_app.callers.client_address import parse_networks
+from serve_app.callers.guard import FailedAuthGuard
+from serve_app.callers.local_window import LocalSlidingWindow
+from serve_app.callers.verifier_calls import RaisingHandle
 from serve_app.runtime import free_port
-from serve_app.verifier_calls import RaisingHandle
-from tests.unit.conftest import start_aof_redis
+from tests.support.redis_servers import start_aof_redis
 
 
 async def until(condition, timeout_s: float = 15.0) -> None:

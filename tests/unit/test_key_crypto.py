@@ -5,17 +5,9 @@ from dataclasses import replace
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
-from actors.api_keys import generate_key
-from actors.key_crypto import KeyCrypto
-from config.secrets import KeyMaterial
-
-
-def material(peppers=(1,), envelopes=(1,)) -> KeyMaterial:
-    return KeyMaterial(
-        peppers={v: secrets.token_bytes(32) for v in peppers},
-        envelope_keys={v: Fernet.generate_key() for v in envelopes},
-        source="test",
-    )
+from actors.keys.crypto import KeyCrypto
+from core.key_format import generate_key
+from tests.support.key_material import material
 
 
 def test_sealed_key_verifies_and_holds_no_plaintext():

@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
-from actors.accounts import AccountStore
-from actors.key_crypto import InvalidToken, KeyCrypto
-from actors.key_material import ReplicaKeyMaterial
-from actors.key_rotation import ReplicasNotReady, migrate, rotate
-from actors.key_store import KeyStore, key_record_key
+from actors.accounts.store import AccountStore
+from actors.keys.crypto import InvalidToken, KeyCrypto
+from actors.keys.material import ReplicaKeyMaterial
+from actors.keys.rotation import ReplicasNotReady, migrate, rotate
+from actors.keys.store import KeyStore, key_record_key
 from config.secrets import KeyMaterial, add_key_version, load_key_material
 from config.settings import ConfigError, load_settings
 

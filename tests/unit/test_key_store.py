@@ -5,12 +5,12 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from actors.accounts import AccountError, AccountStore
-from actors.api_keys import generate_key
-from actors.invalidation import InvalidationListener, InvalidationTimeout, broadcast
-from actors.key_crypto import KeyCrypto
-from actors.key_store import KeyStore, key_record_key
-from tests.unit.test_key_crypto import material
+from actors.accounts.store import AccountError, AccountStore
+from actors.keys.crypto import KeyCrypto
+from actors.keys.store import KeyStore, key_record_key
+from core.invalidation import InvalidationListener, InvalidationTimeout, broadcast
+from core.key_format import generate_key
+from tests.support.key_material import material
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from actors.api_keys import generate_key
-from config import logs
+from core import logs
+from core.key_format import generate_key
 
 PLAINTEXT, PARSED = generate_key()
 SESSION_TOKEN = "nsess_Zm9vYmFyLWJhei1xdXV4LTEyMzQ1Njc4.c2lnbmF0dXJlXzk4NzY1NDMyMQ"

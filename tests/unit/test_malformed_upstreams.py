@@ -8,15 +8,15 @@ import json
 
 import pytest
 
-from actors.errors import GatewayError
 from actors.providers import ADAPTERS
-from actors.providers.base import StreamEnd, StreamStart, UpstreamFailure
 from actors.providers.client import ProviderClient
 from config.settings import load_settings
-from serve_app.chat import Outcome, complete_chat, open_chat_stream
-from tests.fakes.upstreams import CREDENTIALS, Behaviour
-from tests.unit.test_chat import CALL, ORDER, DirectBackends
-from tests.unit.test_provider_client import MODELS, call, client_for, collect, text_of
+from core.backend import StreamEnd, StreamStart, UpstreamFailure
+from core.errors import GatewayError
+from serve_app.endpoints.chat.fallback import Outcome, complete_chat, open_chat_stream
+from tests.support.chat_backends import CALL, ORDER, DirectBackends
+from tests.support.provider_clients import MODELS, call, client_for, collect, text_of
+from tests.support.upstreams import CREDENTIALS, Behaviour
 
 UNREADABLE = "The upstream provider sent an unreadable answer."
 CHOICE = {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}

@@ -15,11 +15,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from actors.metadata_batcher import Batcher
-from actors.metering import CallRecord
-from actors.redis_conn import connect
-from actors.usage_store import CALLS_STREAM, UsageStore
-from tests.unit.test_metering import record
+from actors.metering.batcher import Batcher
+from actors.metering.record import CallRecord
+from actors.metering.usage_store import CALLS_STREAM, UsageStore
+from core.redis_conn import connect
+from tests.support.call_records import record
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-from actors.metadata_batcher import Batcher
-from actors.metering_spill import SpillFiles
-from actors.usage_store import CALLS_STREAM, UsageStore
-from serve_app.record_shipper import RecordShipper
-from tests.unit.test_metering import record
+from actors.metering.batcher import Batcher
+from actors.metering.shipper import RecordShipper
+from actors.metering.spill import SpillFiles
+from actors.metering.usage_store import CALLS_STREAM, UsageStore
+from tests.support.call_records import record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 DYING_REPLICA = textwrap.dedent("""
     import asyncio, os, signal, sys
     from pathlib import Path
-    from actors.metering_spill import SpillFiles
-    from actors.redis_conn import connect
-    from actors.usage_store import UsageStore
-    from serve_app.record_shipper import RecordShipper
-    from tests.unit.test_metering import record
+    from actors.metering.spill import SpillFiles
+    from core.redis_conn import connect
+    from actors.metering.usage_store import UsageStore
+    from actors.metering.shipper import RecordShipper
+    from tests.support.call_records import record
 
     class Batcher:
         def __init__(self, store):
@@ -185,10 +185,10 @@ async def test_a_graceful_stop_with_the_batcher_away_leaves_its_records_for_repl
 DYING_BATCHER = textwrap.dedent("""
     import asyncio, os, signal, sys
     from pathlib import Path
-    from actors.metadata_batcher import Batcher
-    from actors.redis_conn import connect
-    from actors.usage_store import UsageStore
-    from tests.unit.test_metering import record
+    from actors.metering.batcher import Batcher
+    from core.redis_conn import connect
+    from actors.metering.usage_store import UsageStore
+    from tests.support.call_records import record
 
     class Stuck:
         def __init__(self, store):

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from actors.errors import GatewayError
-from actors.providers.base import Usage
+from core.backend import Usage
+from core.errors import GatewayError
 from models.engine import Sampling
 from models.openai_format import AnswerHeader, chunk, completion, prompt_token_ids, sampling_for, usage_chunk
 

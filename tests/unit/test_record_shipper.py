@@ -1,9 +1,11 @@
 """The ingress side of metering: batches in order, nothing lost while the batcher is away."""
 
 import asyncio
+import logging
 
-from serve_app.record_shipper import RecordShipper
-from tests.unit.test_metering import record
+from actors.metering.shipper import RecordShipper
+from actors.metering.spill import SpillFiles
+from tests.support.call_records import record
 
 
 class Batcher:
@@ -50,9 +52,16 @@ async def test_past_its_limit_the_oldest_record_goes_and_is_counted():
     assert [r.request_id for r in batcher.batches[0]] == ["r2", "r3", "r4"] and shipper.dropped == 2
 
 
-async def test_with_metering_off_nothing_is_kept():
-    shipper = RecordShipper(None)
+async def test_with_metering_off_nothing_is_kept(tmp_path, caplog):
+    """Metering off (no batcher), built as the gateway builds it, write-ahead log included: no call
+    record reaches the disk, and however many calls come, none is held to be shipped or dropped."""
+    spill = tmp_path / "metering-spill"
+    shipper = RecordShipper(None, max_unshipped=2, wal=SpillFiles(spill))
     shipper.start()
-    shipper.add(record())
-    await shipper.aclose()
-    assert shipper.dropped == 0
+    with caplog.at_level(logging.WARNING, logger="neuroapi.ingress"):
+        for n in range(5):
+            shipper.add(record(request_id=f"r{n}"))
+        await shipper.aclose()
+    assert list(spill.rglob("*.jsonl")) == []  # no record on disk
+    assert (shipper.dropped, shipper.handed_off) == (0, 0)  # past max_unshipped, had it kept any
+    assert caplog.records == []  # no "records dropped" alarm for the operator

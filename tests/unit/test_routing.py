@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from actors.errors import GatewayError
-from actors.routing import attempt_order, build_routing_table
+from actors.routing.table import attempt_order, build_routing_table
 from config.settings import load_settings
+from core.errors import GatewayError
 
 SETTINGS = load_settings(environ={})
 ALL = build_routing_table(SETTINGS, ["openai", "anthropic", "deepseek"])
@@ -62,19 +62,19 @@ def test_candidates_that_cannot_honour_a_parameter_are_dropped():
 def test_a_finetune_named_by_a_caller_or_a_mode_is_routed_in_house_and_resolved_per_call(tmp_path):
     from pathlib import Path
 
-    from actors.routing import FINETUNE_ADAPTER
-    from actors.scopes import Scope
-    from models.engine import Adapter
+    from actors.routing.table import FINETUNE_WIRE
+    from core.backend import LoraAdapter
+    from core.scope import Scope
 
     path = tmp_path / "neuroapi.yaml"
     path.write_text('modes: {support: {candidates: [{model: "ft:bot", weight: 1}, {model: gpt-4o-mini, weight: 0}]}}')
     table = build_routing_table(load_settings(path, environ={}), ["openai"])
     direct = table.resolve("ft:bot").candidates
-    assert [(c.backend.model, c.backend.adapter, c.backend.in_house) for c in direct] == [
-        ("ft:bot", FINETUNE_ADAPTER, True)]
+    assert [(c.backend.model, c.backend.wire, c.backend.in_house) for c in direct] == [
+        ("ft:bot", FINETUNE_WIRE, True)]
     assert [c.backend.model for c in table.resolve("support").candidates] == ["ft:bot", "gpt-4o-mini"]
     assert "support" in table.listing(Scope(in_house_only=True))  # a fine-tune is in-house
-    adapter = Adapter("bot@v2", Path("/store/bot/v2"), price_name="ft:bot")
+    adapter = LoraAdapter("bot@v2", Path("/store/bot/v2"), price_name="ft:bot")
     served = table.with_adapter("ft:bot", "smollm2-135m-instruct", adapter)
     assert (served.deployment, served.finetune) == ("Model-smollm2-135m-instruct", adapter)
     with pytest.raises(GatewayError) as missing:

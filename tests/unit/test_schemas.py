@@ -2,8 +2,13 @@ import json
 
 import pytest
 
-from actors.errors import GatewayError
-from serve_app.schemas import Credentials, FineTuneDeploy, NewKey, ScopeChange, parse_body, parse_chat_request
+from core.errors import GatewayError
+from serve_app.endpoints.admin_finetunes.schema import FineTuneDeploy
+from serve_app.endpoints.admin_scopes.schema import ScopeChange
+from serve_app.endpoints.auth.schema import Credentials
+from serve_app.endpoints.chat.schema import parse_chat_request
+from serve_app.endpoints.keys.schema import NewKey
+from serve_app.endpoints.parsing import parse_body
 
 BASE = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -3,7 +3,7 @@ failures, a provider the scope forbids never receives a connection, and the call
 an answer from an allowed backend, an allowed backend's failure, or the scope error.
 
 Real routing (``build_routing_table``, ``attempt_order``), the real fallback loop
-(``serve_app.chat``) and real provider clients over HTTP to fake upstreams on loopback that
+(``serve_app.endpoints.chat.fallback``) and real provider clients over HTTP to fake upstreams on loopback that
 record every request; one provider in each catalog may refuse connections outright."""
 
 import asyncio
@@ -15,17 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.errors import GatewayError
 from actors.providers import ADAPTERS
-from actors.providers.base import Completion, UpstreamCall
 from actors.providers.client import ProviderClient
-from actors.routing import attempt_order, build_routing_table
-from actors.scopes import Scope
+from actors.routing.table import attempt_order, build_routing_table
 from config.catalog import ModeSpec, Price, ProviderSpec
 from config.settings import Settings
-from serve_app.chat import Outcome, complete_chat, open_chat_stream
+from core.backend import Completion, UpstreamCall
+from core.errors import GatewayError
+from core.scope import Scope
+from serve_app.endpoints.chat.fallback import Outcome, complete_chat, open_chat_stream
 from serve_app.runtime import free_port
-from tests.fakes.upstreams import ANY_CREDENTIAL, Behaviour
+from tests.support.upstreams import ANY_CREDENTIAL, Behaviour
 
 NAMES = ["alpha", "beta", "gamma", "delta"]
 READ_TIMEOUT_S = 0.25

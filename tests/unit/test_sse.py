@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.providers.sse import DONE, SSEDecoder, SSEEvent, SSELineTooLong, encode
+from core.sse import DONE, SSEDecoder, SSEEvent, SSELineTooLong, encode
 
 STREAM = (
     b"event: message_start\r\ndata: {\"a\": 1}\r\n\r\n"

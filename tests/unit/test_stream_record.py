@@ -1,17 +1,14 @@
 """A stream's call record is made before its last piece reaches the caller: an ingress replica
 killed the instant the caller has ``[DONE]`` (before its generator resumes) loses no billed call."""
 
-from serve_app.call_meter import CallMeter
-from serve_app.chat import Outcome, open_chat_stream
-from tests.unit.test_chat import CALL, ORDER, DirectBackends
+from actors.metering.call_meter import CallMeter
+from serve_app.endpoints.chat.fallback import Outcome, open_chat_stream
+from serve_app.endpoints.chat.service import ChatService
+from tests.support.chat_backends import CALL, ORDER, DirectBackends
 
 
 def metered_stream_of(records: list):
-    from serve_app.ingress import Ingress
-
-    ingress = object.__new__(Ingress.func_or_class)  # the handler's own state, without Ray
-    ingress.__dict__.update(_prices={}, _record=records.append)
-    return Ingress.func_or_class._metered_stream.__get__(ingress)
+    return ChatService(None, None, None, records.append, prices={}, deadline_s=30.0).metered_stream
 
 
 async def test_the_record_exists_before_the_caller_has_the_end_of_the_stream(upstreams):

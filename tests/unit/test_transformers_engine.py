@@ -13,9 +13,10 @@ import pytest
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from models.decoding import Decoder, first_stop, pick_token, stop_prefix_length  # noqa: E402
 from models.engine import Delta, EngineError, EngineOptions, Sampling  # noqa: E402
 from models.openai_format import prompt_token_ids  # noqa: E402
-from models.transformers_engine import TransformersEngine, first_stop, stop_prefix_length  # noqa: E402
+from models.transformers_engine import TransformersEngine  # noqa: E402
 
 FRANCE = "What is the capital of France?"
 
@@ -62,14 +63,13 @@ def test_stop_string_helpers():
 def test_penalties_and_top_p():
     import torch
 
-    from models.transformers_engine import _Decoder
 
     logits = torch.tensor([3.0, 2.5, 0.0, -1.0])
     counts = torch.tensor([2.0, 0.0, 0.0, 0.0])
 
     def pick(**fields) -> int:
-        decoder = _Decoder(Sampling(max_tokens=1, **fields), torch.Generator().manual_seed(0), counts=counts)
-        return TransformersEngine._pick(decoder, logits)
+        decoder = Decoder(Sampling(max_tokens=1, **fields), torch.Generator().manual_seed(0), counts=counts)
+        return pick_token(decoder, logits)
 
     assert pick(temperature=0) == 0
     assert pick(temperature=0, frequency_penalty=0.3) == 1  # 3.0 - 0.3 * 2 < 2.5

@@ -4,12 +4,13 @@ import json
 
 import pytest
 
+from actors.providers.adapter import failure_for_status
 from actors.providers.anthropic_api import AnthropicAdapter, to_anthropic
-from actors.providers.base import UpstreamCall, failure_for_status
 from actors.providers.deepseek_api import DeepSeekAdapter
 from actors.providers.openai_api import OpenAIAdapter
-from actors.providers.sse import SSEDecoder, SSEEvent
 from config.settings import load_settings
+from core.backend import UpstreamCall
+from core.sse import SSEDecoder, SSEEvent
 
 SETTINGS = load_settings(environ={})
 
@@ -141,7 +142,7 @@ def test_anthropic_stream_becomes_openai_chunks(wants_usage):
 
 
 def test_anthropic_error_event_fails_the_stream():
-    from actors.providers.base import StreamFailed
+    from actors.providers.adapter import StreamFailed
     translator = AnthropicAdapter(SETTINGS.providers["anthropic"], "k").translator(call({}))
     events = anthropic_stream(error_after=4)
     for event in events[:-1]:
@@ -204,7 +205,7 @@ def test_upstream_statuses_map_to_caller_statuses(status, caller_status, retriab
 
 
 def test_prompt_and_completion_never_show_in_reprs():
-    from actors.providers.base import Completion
+    from core.backend import Completion
     canary = "CANARY-repr-3b1d"
     assert canary not in repr(call({"messages": [{"role": "user", "content": canary}]}))
     assert canary not in repr(Completion(canary.encode(), None, 1.0))

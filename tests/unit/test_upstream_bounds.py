@@ -10,14 +10,14 @@ import json
 
 import pytest
 
-from actors.errors import GatewayError
-from actors.providers.base import StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
-from actors.routing import Backend
-from serve_app import chat
-from serve_app.chat import Deadline, Outcome, complete_chat, open_chat_stream
-from tests.fakes.upstreams import Behaviour
-from tests.unit.test_chat import CALL, ORDER
-from tests.unit.test_provider_client import MODELS, call, client_for, collect, text_of
+from actors.routing.table import Backend
+from core.backend import StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
+from core.errors import GatewayError
+from serve_app.endpoints.chat import fallback as chat
+from serve_app.endpoints.chat.fallback import Deadline, Outcome, complete_chat, open_chat_stream
+from tests.support.chat_backends import CALL, ORDER
+from tests.support.provider_clients import MODELS, call, client_for, collect, text_of
+from tests.support.upstreams import Behaviour
 
 HANG = Behaviour(delay_s=5.0)  # no headers for far longer than any bound below
 
@@ -214,33 +214,25 @@ async def test_a_failure_of_the_gateway_itself_is_a_metered_500_in_our_shape(mon
     500 ``internal_error`` and gets a call record, like every other answered request."""
     from types import SimpleNamespace
 
-    from serve_app.ingress import Ingress
+    from actors.metering.call_meter import CallMeter
+    from serve_app.endpoints.chat.service import ChatService
 
     class Broken:
         async def complete(self, backend, call):
             raise RuntimeError("a handle call failed")
 
-    async def authenticate(request):
+    async def authenticate():
         return SimpleNamespace(prefix="neuro_abcdefgh", account_id="acct", scope=None)
 
-    async def with_finetunes(order, verified):
-        return order
-
     async def body():
-        yield json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        return json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
     records = []
-    ingress = object.__new__(Ingress.func_or_class)  # the handler's own state, without Ray
-    ingress.__dict__.update(
-        _authenticate=authenticate, _body_limits=(1 << 20, 30.0), _deadline_s=30.0,
-        _table=SimpleNamespace(resolve=lambda model, mode: SimpleNamespace(mode=None)),
-        _with_finetunes=with_finetunes, _backends=Broken(), _prices={}, _rng=None,
-        _record=records.append)
-    handler = Ingress.func_or_class.chat_completions
-    # Serve rebuilds the class, so the handler's globals are its own copy of the module's.
-    monkeypatch.setitem(handler.__globals__, "attempt_order", lambda *_: [Backend("gpt-4o-mini", "openai", "openai")])
-    request = SimpleNamespace(headers={"x-request-id": "req-500", "content-length": "60"}, stream=body)
+    table = SimpleNamespace(resolve=lambda model, mode: SimpleNamespace(mode=None))
+    service = ChatService(table, Broken(), None, records.append, prices={}, deadline_s=30.0)
+    monkeypatch.setattr("serve_app.endpoints.chat.service.attempt_order",
+                        lambda *_: [Backend("gpt-4o-mini", "openai", "openai")])
     with pytest.raises(GatewayError) as error:
-        await handler(ingress, request)
+        await service.answer(CallMeter.start("req-500", "60"), authenticate, body)
     assert (error.value.status, error.value.code) == (500, "internal_error")
     assert [(r.request_id, r.status) for r in records] == [("req-500", 500)]

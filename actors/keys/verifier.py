@@ -1,0 +1,100 @@
+"""The key-verifier pool: the only processes that hold the pepper and read key records.
+
+Besides checking keys it serves the account endpoints (``actors.accounts.service``): they mint
+keys and sign session tokens, which needs the same key material. Domain errors come back as
+``GatewayError`` values for the ingress to raise, Redis out of reach too (503 with Retry-After)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from actors.accounts.passwords import PasswordError
+from actors.accounts.service import AccountService
+from actors.accounts.sessions import Session
+from actors.accounts.store import Account, AccountError, AccountExists
+from actors.accounts.work_budget import Busy
+from actors.keys.material import ReplicaKeyMaterial
+from actors.keys.store import KeyInfo, KeyStore, VerifiedKey
+from config.secrets import load_key_material
+from config.settings import Settings
+from core.errors import GatewayError, busy, service_unavailable
+from core.redis_conn import UNREACHABLE, connect
+
+T = TypeVar("T")
+
+
+def redis_down_is_503(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T | GatewayError]]:
+    """Redis unreachable (after the client's retries): a 503 value with Retry-After, not a crash."""
+    @functools.wraps(method)
+    async def answer(self, *args):
+        try:
+            return await method(self, *args)
+        except UNREACHABLE:
+            return service_unavailable()
+    return answer
+
+
+class KeyVerifier:
+    def __init__(self, settings: Settings, redis_url: str):
+        # Reloaded in place when `neuroapi secrets rotate-*` adds a version (actors.keys.material).
+        self._material = ReplicaKeyMaterial(lambda: load_key_material(settings)[0])
+        self._material.listen(redis_url)
+        self._redis = redis = connect(redis_url)
+        self._keys = KeyStore(redis, self._material.crypto)
+        self._accounts = AccountService(redis, self._material.current, password_rounds=settings.password_rounds,
+                                        session_ttl_s=settings.session_ttl_s)
+
+    @redis_down_is_503
+    async def verify(self, presented_key: str) -> VerifiedKey | None:
+        return await self._keys.verify(presented_key)
+
+    @redis_down_is_503
+    async def signup(self, email: str, password: str) -> Account | GatewayError:
+        try:
+            return await self._accounts.signup(email, password)
+        except PasswordError as error:
+            return GatewayError(400, f"Invalid password: {error}.", code="invalid_password", param="password")
+        except AccountExists as error:
+            return GatewayError(409, f"Cannot sign up: {error}.", code="account_exists", param="email")
+        except AccountError as error:
+            return GatewayError(400, f"Cannot sign up: {error}.", code="invalid_email", param="email")
+        except Busy:
+            return busy("Too many sign-ups are being processed", "signup_busy")
+
+    @redis_down_is_503
+    async def login(self, email: str, password: str) -> tuple[str, Session] | GatewayError | None:
+        try:
+            return await self._accounts.login(email, password)
+        except AccountError:  # not even an email: the same answer as a wrong password
+            return None
+        except Busy:
+            return busy("Too many log-ins are being processed", "login_busy")
+
+    @redis_down_is_503
+    async def session(self, token: str) -> Session | None:
+        return await self._accounts.session(token)
+
+    @redis_down_is_503
+    async def logout(self, token: str) -> bool:
+        return await self._accounts.logout(token)
+
+    @redis_down_is_503
+    async def create_key(self, account_id: str, name: str) -> tuple[str, KeyInfo]:
+        return await self._accounts.create_key(account_id, name)
+
+    @redis_down_is_503
+    async def list_keys(self, account_id: str) -> list[KeyInfo]:
+        return await self._accounts.list_keys(account_id)
+
+    @redis_down_is_503
+    async def revoke_key(self, account_id: str, prefix: str) -> bool:
+        return await self._accounts.revoke_key(account_id, prefix)
+
+    async def record_key_uses(self, last_used: dict[str, int]) -> None:
+        await self._accounts.record_key_uses(last_used)
+
+    async def close(self) -> None:  # Serve calls it at shutdown (serve_app.app.as_replica)
+        await self._material.stop()
+        await self._redis.aclose()

@@ -1,0 +1,100 @@
+"""Building one call's metering record in the ingress, whatever way the call ends.
+
+A ``CallMeter`` starts with the request and learns what it can as the call proceeds (key,
+mode, backend, bytes, usage); ``finish`` turns it into an ``actors.metering.record.CallRecord``. When
+the upstream gave no usage (or the caller left mid-stream, so it never came) the tokens are
+estimated from the text that went through, and the record says so. The text itself is read
+here, in memory, and never kept."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from actors.metering.record import CallRecord, estimate_tokens
+from config.catalog import Price
+from core.backend import Usage
+from core.errors import GatewayError
+from core.money import cost_micro_units
+from core.sse import SSEDecoder
+
+
+@dataclass
+class CallMeter:
+    request_id: str
+    timestamp_ms: int
+    key_prefix: str = ""
+    account_id: str = ""
+    mode: str = ""
+    backend: str = ""
+    model: str = ""
+    request_bytes: int = 0
+    finetune: str = ""  # "<name>@v<version>"
+    price: Price | None = None  # set for a fine-tune: its own, or its base model's
+
+    @classmethod
+    def start(cls, request_id: str, declared_bytes: str | None) -> CallMeter:
+        size = int(declared_bytes) if declared_bytes and declared_bytes.isdigit() else 0
+        return cls(request_id, int(time.time() * 1000), request_bytes=size)
+
+    def finish(self, status: int, response_bytes: int, usage: Usage | None, estimated: bool,
+               prices: Mapping[str, Price]) -> CallRecord:
+        prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+        if usage is not None and usage.cost_micro_units is not None:  # priced where it was measured
+            cost = usage.cost_micro_units
+        else:  # estimated here, or a rejection
+            price = self.price or prices.get(self.model)
+            cost = cost_micro_units(price, prompt, completion) if price else 0
+        return CallRecord(
+            request_id=self.request_id, timestamp_ms=self.timestamp_ms, key_prefix=self.key_prefix,
+            account_id=self.account_id, status=status, mode=self.mode, backend=self.backend, model=self.model,
+            prompt_tokens=prompt, completion_tokens=completion, estimated=estimated,
+            cost_micro_units=cost,
+            request_bytes=self.request_bytes, response_bytes=response_bytes, finetune=self.finetune,
+        )
+
+
+    def rejected(self, error: GatewayError, prices: Mapping[str, Price]) -> CallRecord:
+        """The record of a call answered with ``error`` before any answer was streamed."""
+        return self.finish(error.status, len(error.rendered()), None, False, prices)
+
+
+def prompt_text(messages: Iterable) -> str:
+    """The text of a chat request's messages (``serve_app.endpoints.chat.schema.ChatMessage``)."""
+    parts = []
+    for message in messages:
+        content = message.content
+        parts.append(content if isinstance(content, str) else " ".join(p.get("text", "") for p in content))
+    return "\n".join(parts)
+
+
+def _text(content) -> str:
+    return content if isinstance(content, str) else ""
+
+
+def completion_text(body: bytes) -> str:
+    try:
+        choices = json.loads(body).get("choices") or []
+        return "".join(_text((c.get("message") or {}).get("content")) for c in choices)
+    except (ValueError, AttributeError, TypeError, RecursionError):  # never fails a call's record
+        return ""
+
+
+def streamed_text(pieces: Iterable[bytes]) -> str:
+    """The content deltas of the SSE chunks that reached the caller."""
+    decoder, text = SSEDecoder(max_line_bytes=1 << 62), []  # our own output: bounded already
+    for piece in pieces:
+        for event in decoder.feed(piece):
+            try:
+                chunk = json.loads(event.data)
+                for choice in chunk.get("choices") or []:
+                    text.append(_text((choice.get("delta") or {}).get("content")))
+            except (ValueError, AttributeError, TypeError, RecursionError):
+                continue  # [DONE], an error event
+    return "".join(text)
+
+
+def estimated_usage(prompt: str, completion: str) -> Usage:
+    return Usage(estimate_tokens(prompt), estimate_tokens(completion))

@@ -1,0 +1,34 @@
+"""``/v1/admin/account-scope``: operators read and set an account's scope. The account is named
+in the body, never the path: Serve's access log records paths."""
+
+# No "from __future__ import annotations": FastAPI must see the real Request type here.
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from core.scope import Scope
+from serve_app.endpoints.admin_scopes.schema import AccountRef, AccountScopeChange
+from serve_app.endpoints.parsing import parse_body
+from serve_app.gateway import Gateway
+from serve_app.http import raise_if_error, read_body
+
+
+def admin_scopes_router(gateway: Gateway) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/admin/account-scope/lookup")
+    async def account_scope(request: Request) -> JSONResponse:
+        await gateway.callers.admin(request)
+        wanted = parse_body(AccountRef, await read_body(request, *gateway.body_limits))
+        account_id, scope = raise_if_error(await gateway.router.scope.remote(wanted.email))
+        return JSONResponse({"object": "account_scope", "account_id": account_id, **scope.as_dict()})
+
+    @router.put("/v1/admin/account-scope")
+    async def set_account_scope(request: Request) -> JSONResponse:
+        actor = await gateway.callers.admin(request)
+        change = parse_body(AccountScopeChange, await read_body(request, *gateway.body_limits))
+        scope = Scope(change.in_house_only, frozenset(change.excluded_providers))
+        account_id, confirmed = raise_if_error(await gateway.router.set_scope.remote(change.email, scope, actor))
+        return JSONResponse({"object": "account_scope", "account_id": account_id, **scope.as_dict(),
+                             "replicas_confirmed": confirmed})
+
+    return router

@@ -1,0 +1,44 @@
+"""``/v1/keys``: a logged-in account mints, lists and revokes its API keys."""
+
+# No "from __future__ import annotations": FastAPI must see the real Request type here.
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from core.errors import GatewayError
+from serve_app.endpoints.keys.schema import NewKey
+from serve_app.endpoints.parsing import parse_body
+from serve_app.gateway import Gateway
+from serve_app.http import read_body
+
+
+def key_fields(info) -> dict:
+    """A key's public description: never the secret, its hash or its ciphertext."""
+    return {"prefix": info.prefix, "name": info.name, "status": info.status,
+            "created_at": info.created_at, "last_used_at": info.last_used_at}
+
+
+def keys_router(gateway: Gateway) -> APIRouter:
+    router = APIRouter()
+    callers, verifier = gateway.callers, gateway.verifier
+
+    @router.post("/v1/keys", status_code=201)
+    async def create_key(request: Request) -> JSONResponse:
+        session = await callers.session(request)
+        new_key = parse_body(NewKey, await read_body(request, *gateway.body_limits) or b"{}")
+        plaintext, info = await verifier.create_key.remote(session.account_id, new_key.name)
+        return JSONResponse({"object": "api_key", "key": plaintext, **key_fields(info)}, status_code=201)
+
+    @router.get("/v1/keys")
+    async def list_keys(request: Request) -> JSONResponse:
+        session = await callers.session(request)
+        infos = await verifier.list_keys.remote(session.account_id)
+        return JSONResponse({"object": "list", "data": [{"object": "api_key", **key_fields(i)} for i in infos]})
+
+    @router.delete("/v1/keys/{prefix}")
+    async def revoke_key(prefix: str, request: Request) -> JSONResponse:
+        session = await callers.session(request)
+        if not await verifier.revoke_key.remote(session.account_id, prefix):
+            raise GatewayError(404, f"This account has no key '{prefix}'.", code="key_not_found", param="prefix")
+        return JSONResponse({"object": "api_key", "prefix": prefix, "status": "revoked"})
+
+    return router

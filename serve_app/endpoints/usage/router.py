@@ -1,0 +1,25 @@
+"""``GET /v1/usage``: this month's and last month's counters, by mode."""
+
+# No "from __future__ import annotations": FastAPI must see the real Request type here.
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from actors.accounts.sessions import TOKEN_TAG as SESSION_TOKEN_TAG
+from actors.metering.usage_report import usage_document
+from serve_app.gateway import Gateway
+from serve_app.http import presented_key
+
+
+def usage_router(gateway: Gateway) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/usage")
+    async def usage(request: Request) -> JSONResponse:
+        """A session token or an API key."""
+        if (presented_key(request) or "").startswith(SESSION_TOKEN_TAG):
+            account_id = (await gateway.callers.session(request)).account_id
+        else:
+            account_id = (await gateway.callers.api_key(request)).account_id
+        return JSONResponse(await usage_document(gateway.usage, account_id))
+
+    return router
