@@ -13,7 +13,8 @@ What ``scrub`` removes (replaced by ``[REDACTED]``):
 
 * API keys ``neuro_<prefix>_<secret>``: only the public prefix ``neuro_xxxxxxxx`` stays. Anything
   else that starts ``neuro_`` and is not a bare prefix is treated as a mangled key and dropped whole.
-* Session tokens ``nsess_<b64url>.<b64url>``, provider keys ``sk-...`` and Fernet tokens
+* Session tokens ``nsess_<b64url>.<b64url>``, provider keys ``sk-...``, Stripe secrets
+  (``sk_live_...``, ``sk_test_...``, ``rk_...``, ``whsec_...``) and Fernet tokens
   (``gAAAAA...``, a key's ciphertext at rest): dropped whole. A password in a URL
   (``redis://user:pw@host``) too.
 * Bearer / Basic credentials in free text: the scheme word stays.
@@ -82,6 +83,8 @@ _SCHEME = re.compile(r"(?i)(?:bearer|basic|token|digest)\s+")
 _NEURO_TOKEN = re.compile(KEY_PREFIX_TAG + r"[A-Za-z0-9_\-]+")
 _SESSION_TOKEN = re.compile(SESSION_TOKEN_TAG + r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
 _PROVIDER_KEY = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}")
+# Stripe's secret and restricted keys, and webhook signing secrets (billing).
+_STRIPE_SECRET = re.compile(r"(?<![A-Za-z0-9])(?:(?:sk|rk)_(?:test|live)|whsec)_[A-Za-z0-9]{8,}")
 _FERNET_TOKEN = re.compile(r"gAAAAA[A-Za-z0-9_\-]{20,}={0,2}")
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]*):[^/\s@]+@")
 # Possessive, and not followed by '[': a token already cut down to "neuro_xxxxxxxx_" stays.
@@ -213,6 +216,7 @@ def scrub(text: str) -> str:
     text = _NEURO_TOKEN.sub(lambda m: _without_key_secret(m.group(0)), text)
     text = _SESSION_TOKEN.sub(SESSION_TOKEN_TAG + REDACTED, text)
     text = _PROVIDER_KEY.sub("sk-" + REDACTED, text)
+    text = _STRIPE_SECRET.sub(REDACTED, text)
     text = _FERNET_TOKEN.sub(REDACTED, text)
     text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:{REDACTED}@", text)
     return _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
