@@ -20,6 +20,8 @@ from config.catalog import InHouseModelSpec, ModeSpec, Price, ProviderSpec
 from core.money import FINETUNE_PREFIX
 
 CATALOG_SECTIONS = ("providers", "in_house_models", "modes", "prices")
+STRIPE_SECRET_VARIABLE = "NEUROAPI_STRIPE_SECRET_KEY"
+STRIPE_WEBHOOK_SECRET_VARIABLE = "NEUROAPI_STRIPE_WEBHOOK_SECRET"
 
 
 class ConfigError(ValueError):
@@ -99,6 +101,17 @@ class Settings(BaseModel):
     # (a shared filesystem in a cluster). None = <data_dir>/finetunes.
     finetune_store_dir: Path | None = None
     finetune_max_bytes: int = Field(default=2 << 30, ge=1 << 20)
+    # Billing with Stripe (actors.billing): on when NEUROAPI_STRIPE_SECRET_KEY is in the
+    # environment of the gateway's processes (the key itself never enters settings, which travel
+    # through Ray). stripe_api_base: a Stripe-compatible server instead of Stripe's.
+    stripe_api_base: str | None = None
+    stripe_price: str | None = None  # the subscription's metered price id (price_...)
+    stripe_meter_event: str = "neuroapi_cost_units"  # the billing meter's event name
+    billing_free_cost_units: int = Field(default=0, ge=0)  # a free allowance per month; 0 = none
+    billing_past_due_grace_s: int = Field(default=3 * 86400, ge=0)  # past_due still serves this long
+    billing_report_every_s: float = Field(default=60.0, gt=0)  # usage to Stripe, one pass this often
+    # Where Checkout and the portal send the customer back to (the product's site).
+    billing_return_url: str = "http://127.0.0.1:8000/"
     providers: dict[str, ProviderSpec]
     in_house_models: dict[str, InHouseModelSpec] = Field(default_factory=dict)
     modes: dict[str, ModeSpec]
@@ -159,6 +172,9 @@ class Settings(BaseModel):
         """The in-house models this gateway runs (none when ``in_house`` is off)."""
         return dict(self.in_house_models) if self.in_house else {}
 
+    def billing_enabled(self, environ: Mapping[str, str] | None = None) -> bool:
+        return bool((os.environ if environ is None else environ).get(STRIPE_SECRET_VARIABLE))
+
     def enabled_providers(self, environ: Mapping[str, str] | None = None) -> list[str]:
         """Providers whose credential variable is set; the others are not offered."""
         environ = os.environ if environ is None else environ
@@ -202,6 +218,11 @@ def _environment_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> d
         ("in_house", "NEUROAPI_IN_HOUSE_MODELS"),
         ("model_cache_dir", "NEUROAPI_MODEL_CACHE_DIR"),
         ("finetune_store_dir", "NEUROAPI_FINETUNE_STORE"),
+        ("stripe_api_base", "NEUROAPI_STRIPE_API_BASE"),
+        ("stripe_price", "NEUROAPI_STRIPE_PRICE"),
+        ("stripe_meter_event", "NEUROAPI_STRIPE_METER_EVENT"),
+        ("billing_free_cost_units", "NEUROAPI_BILLING_FREE_COST_UNITS"),
+        ("billing_return_url", "NEUROAPI_BILLING_RETURN_URL"),
     ):
         if environ.get(variable):
             overrides[field] = environ[variable]

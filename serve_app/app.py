@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from ray import serve
 from ray.serve import Application
 
+from actors.billing.reporter_deployment import BillingReporter
 from actors.keys.verifier import KeyVerifier
 from actors.metering.batcher_deployment import MetadataBatcher
 from actors.providers.proxy import ProviderProxy
@@ -55,7 +56,8 @@ def prices_of(settings: Settings, model: str) -> dict[str, Price]:
 
 
 def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | None = None) -> Application:
-    enabled = settings.enabled_providers(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    enabled = settings.enabled_providers(environ)
     verifier = serve.deployment(as_replica(KeyVerifier), max_ongoing_requests=256, **SMALL).options(
         num_replicas=settings.verifier_replicas).bind(settings, redis_url)
     router = serve.deployment(as_replica(ModeRouter), max_ongoing_requests=256, **SMALL).bind(settings, enabled, redis_url)
@@ -74,7 +76,10 @@ def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | N
     }
     batcher = serve.deployment(as_replica(MetadataBatcher), max_ongoing_requests=10000, **SMALL).bind(
         settings, redis_url, metering_events) if settings.metering else None
+    # Usage to Stripe; bound to the ingress only so that Serve starts it (nothing calls it).
+    reporter = serve.deployment(as_replica(BillingReporter), **SMALL).bind(settings, redis_url) \
+        if settings.billing_enabled(environ) else None
     ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress", max_ongoing_requests=1000, **SMALL)
     return ingress.options(num_replicas=settings.ingress_replicas).bind(
-        settings, redis_url, verifier, router, proxies | models, batcher
+        settings, redis_url, verifier, router, proxies | models, batcher, reporter
     )

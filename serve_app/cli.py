@@ -19,6 +19,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from actors.accounts.store import AccountError, AccountStore, normalise_email
+from actors.billing.service import BillingService
+from actors.billing.stripe_api import StripeBilling
 from actors.keys.crypto import KeyCrypto
 from actors.keys.rotation import rotate
 from actors.keys.store import KeyStore
@@ -26,7 +28,7 @@ from actors.metering.usage_report import usage_document
 from actors.metering.usage_store import UsageStore
 from actors.routing.scope_service import ScopeService
 from config.secrets import load_key_material
-from config.settings import ConfigError, Settings, load_settings
+from config.settings import STRIPE_SECRET_VARIABLE, ConfigError, Settings, load_settings
 from core import logs
 from core.invalidation import InvalidationTimeout
 from core.money import FINETUNE_PREFIX
@@ -110,10 +112,38 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             local.stop()
 
 
+def _billing(redis: Redis, settings: Settings) -> BillingService | None:
+    """Billing, when this process's environment has the Stripe key (as the gateway's does)."""
+    if not settings.billing_enabled():
+        return None
+    stripe = StripeBilling(os.environ[STRIPE_SECRET_VARIABLE], settings.stripe_api_base)
+    return BillingService(settings, redis, stripe)
+
+
 async def _accounts_create(redis: Redis, settings: Settings, email: str) -> int:
     account = await AccountStore(redis).create(email)
     say(f"created account {account.id} for {account.email}")
+    billing = _billing(redis, settings)
+    if billing is not None:
+        await billing.customer_at_signup(account.id)
+        await billing.aclose()
     return 0
+
+
+async def _billing_report(redis: Redis, settings: Settings) -> int:
+    billing = _billing(redis, settings)
+    if billing is None:
+        raise ConfigError(f"billing is off: set {STRIPE_SECRET_VARIABLE}")
+    try:
+        sent = await billing.reporter().report_once()
+    finally:
+        await billing.aclose()
+    for event in sent:
+        print(f"{event.account_id}\t{event.month}\t{event.identifier}\t{event.value}\t{event.outcome}")
+    accepted = [event for event in sent if event.outcome == "sent"]
+    say(f"{len(accepted)} meter event(s) accepted, {sum(e.value for e in accepted)} cost_units; "
+        f"{len(sent) - len(accepted)} left pending for the next pass")
+    return 0 if len(accepted) == len(sent) else 1
 
 
 async def _accounts_scope(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
@@ -266,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                          ("retire", "stop serving it (404 from the next request)")):
         finetunes.add_parser(action, parents=[common], help=what).add_argument("name")
 
+    billing = commands.add_parser("billing", help="Stripe billing").add_subparsers(dest="action", required=True)
+    billing.add_parser("report", parents=[common],
+                       help="send subscribed accounts' unreported usage to Stripe now; prints each meter event")
+
     rotations = commands.add_parser("secrets", help="rotate key material").add_subparsers(dest="action", required=True)
     for kind, what in (("envelope", "re-encrypt every key record under a new envelope key"),
                        ("pepper", "re-hash every key record under a new pepper")):
@@ -291,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             ("keys", "revoke"): lambda redis: _keys_revoke(redis, settings, args.prefix),
             **{("finetunes", a): (lambda redis: _finetunes(redis, settings, args))
                for a in ("deploy", "list", "show", "rollback", "retire")},
+            ("billing", "report"): lambda redis: _billing_report(redis, settings),
             ("secrets", "rotate-envelope"): lambda redis: _secrets_rotate(redis, settings, "envelope", args.resume),
             ("secrets", "rotate-pepper"): lambda redis: _secrets_rotate(redis, settings, "pepper", args.resume),
         }[(args.command, getattr(args, "action", None))]

@@ -14,13 +14,15 @@ from typing import Any
 
 from actors.accounts.store import AccountStore
 from actors.accounts.throttle import SignupThrottle
+from actors.billing.service import BILLING_TOPIC, BillingService
+from actors.billing.stripe_api import StripeBilling
 from actors.keys.store import KEYS_TOPIC
 from actors.metering.record import CallRecord
 from actors.metering.shipper import RecordShipper
 from actors.metering.spill import SpillFiles
 from actors.metering.usage_store import UsageStore
 from actors.routing.scopes import ACCOUNT_TOPIC
-from config.settings import Settings
+from config.settings import STRIPE_SECRET_VARIABLE, STRIPE_WEBHOOK_SECRET_VARIABLE, Settings
 from core.invalidation import InvalidationListener
 from core.naming import in_house_model_of
 from core.redis_conn import connect
@@ -28,6 +30,7 @@ from finetunes.registry import FINETUNES_TOPIC, FineTuneRegistry
 from finetunes.service import FineTuneService
 from serve_app.callers.admin_token import read_admin_token
 from serve_app.callers.authenticator import Authenticator
+from serve_app.callers.billing_gate import BillingGate
 from serve_app.callers.client_address import parse_networks
 from serve_app.callers.guard import BLOCKS_TOPIC, FailedAuthGuard
 from serve_app.callers.key_cache import VerifiedKeyCache
@@ -66,6 +69,14 @@ class Gateway:
         self._backends = backends
         self._engine_handles = dict(engine_handles or {})
         self.engines: dict[str, str] = {}  # in-house model → the engine serving it, once known
+        # Billing is on with a Stripe key in this replica's environment (never in settings).
+        self.billing: BillingService | None = None
+        self.billing_gate: BillingGate | None = None
+        if settings.billing_enabled(os.environ):
+            stripe = StripeBilling(os.environ[STRIPE_SECRET_VARIABLE], settings.stripe_api_base)
+            self.billing = BillingService(settings, self.redis, stripe, os.environ.get(STRIPE_WEBHOOK_SECRET_VARIABLE, ""))
+            self.billing_gate = BillingGate(self.billing.store, self.usage, self.billing.free_micro,
+                                            settings.billing_past_due_grace_s)
         self._tasks: list[asyncio.Task] = []
         self.table = None
         self.chat: ChatService | None = None
@@ -73,7 +84,8 @@ class Gateway:
     async def start(self) -> Gateway:
         self.table = await self.router.table.remote()
         self.chat = ChatService(self.table, self._backends, self._resolve_finetune, self.record,
-                                self.settings.prices, self.settings.request_deadline_s)
+                                self.settings.prices, self.settings.request_deadline_s,
+                                gate=self.billing_gate.check if self.billing_gate else None)
         self._records.start()
         self.listener.start()
         loop = asyncio.get_running_loop()
@@ -82,6 +94,8 @@ class Gateway:
 
     def record(self, record: CallRecord) -> None:
         self._records.add(record)  # to the metadata batcher in batches, off the request's path
+        if self.billing_gate is not None and record.account_id:
+            self.billing_gate.spent(record.account_id, record.cost_micro_units)
 
     async def _resolve_finetune(self, model: str, account_id: str):
         return await self._finetunes.resolve(model, account_id, self.listener.cache_usable, self.listener.healthy)
@@ -89,6 +103,8 @@ class Gateway:
     def _forget_everything(self) -> None:
         self.callers.keys.clear()
         self._finetunes.clear()
+        if self.billing_gate is not None:
+            self.billing_gate.clear()
 
     def _invalidate(self, topic: str, subject: str) -> None:
         if topic == FINETUNES_TOPIC:
@@ -99,6 +115,8 @@ class Gateway:
             self.callers.keys.invalidate_account(subject)
         elif topic == BLOCKS_TOPIC:
             self.callers.guard.block(subject)
+        elif topic == BILLING_TOPIC and self.billing_gate is not None:
+            self.billing_gate.invalidate(subject)
 
     async def _learn_engines(self) -> None:
         """For /v1/models; asked in the background so the ingress never waits for a model to load."""

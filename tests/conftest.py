@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 
 from serve_app.runtime import free_port
 from tests.support.redis_servers import RedisServer, start_redis
+from tests.support.stripe_server import METERED_PRICE, SECRET_KEY, FakeStripe
 from tests.support.upstreams import CREDENTIALS, FakeUpstreams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     yield server
     server.process.terminate()
     server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def stripe_server() -> Iterator[FakeStripe]:
+    """A Stripe-compatible server on loopback (tests/support/stripe_server.py) for the session."""
+    server = FakeStripe().start()
+    yield server
+    server.stop()
+
+
+STRIPE_WEBHOOK_SECRET = "whsec_neuroapiTestWebhookSecret0123"
+FREE_COST_UNITS = 1_000_000_000  # no test account reaches it unless a test pushes it there
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +152,8 @@ class Gateway:
 
 @pytest.fixture(scope="session")
 def gateway(
-    redis_server: RedisServer, fakes: FakeUpstreams, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer, fakes: FakeUpstreams, stripe_server: FakeStripe,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     """One real Ray Serve deployment of the whole application for the session."""
     folder = tmp_path_factory.mktemp("gateway")
@@ -153,6 +167,12 @@ def gateway(
         "ANTHROPIC_API_KEY": CREDENTIALS["anthropic"],
         "DEEPSEEK_API_KEY": CREDENTIALS["deepseek"],
         "NEUROAPI_ADMIN_TOKEN": "admin-" + secrets.token_hex(16),
+        # Billing on, against the local Stripe-compatible server.
+        "NEUROAPI_STRIPE_SECRET_KEY": SECRET_KEY,
+        "NEUROAPI_STRIPE_API_BASE": stripe_server.url,
+        "NEUROAPI_STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
+        "NEUROAPI_STRIPE_PRICE": METERED_PRICE,
+        "NEUROAPI_BILLING_FREE_COST_UNITS": str(FREE_COST_UNITS),
         **{f"NEUROAPI_{name.upper()}_BASE_URL": url for name, url in fakes.base_urls().items()},
         **write_secrets_file(folder / "data" / "secrets.json"),
         # Serve buffers replica log lines in memory (1000 with throughput-optimised mode) and

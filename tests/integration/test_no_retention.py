@@ -8,38 +8,10 @@ from pathlib import Path
 
 import httpx
 import ray
-import redis
 
 from tests.support.gateway_client import caller_address, records_for
-from tests.support.leak_scan import scan_files
+from tests.support.leak_scan import scan_files, scan_redis
 from tests.support.upstreams import Behaviour
-
-
-def scan_redis(url: str, needle: str) -> list[str]:
-    client = redis.Redis.from_url(url)
-    found = []
-    for key in client.scan_iter("*"):
-        if needle.encode() in key:
-            found.append(key.decode())
-            continue
-        kind = client.type(key)
-        if kind == b"string":
-            values = [client.get(key)]
-        elif kind == b"hash":
-            values = list(client.hgetall(key).items())
-        elif kind in (b"list",):
-            values = client.lrange(key, 0, -1)
-        elif kind in (b"set",):
-            values = list(client.smembers(key))
-        elif kind == b"zset":
-            values = client.zrange(key, 0, -1)
-        elif kind == b"stream":
-            values = client.xrange(key)
-        else:
-            values = []
-        if needle.encode() in repr(values).encode():
-            found.append(key.decode())
-    return found
 
 
 async def test_a_canary_prompt_is_retained_nowhere(gateway, api_key, upstreams, tmp_path_factory):

@@ -109,3 +109,13 @@ async def test_models_lists_what_the_key_may_use(client):
     listing = await client.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert listing.status_code == 200
     assert "gpt-4o-mini" in {m["id"] for m in listing.json()["data"]}
+
+
+async def test_with_billing_off_the_billing_endpoints_say_so_and_calls_are_not_gated(client):
+    credentials = {"email": "off@example.com", "password": "correct horse battery staple"}
+    await client.post("/v1/auth/signup", json=credentials)
+    token = (await client.post("/v1/auth/login", json=credentials)).json()["token"]
+    overview = await client.get("/v1/billing", headers={"Authorization": f"Bearer {token}"})
+    assert overview.status_code == 200 and overview.json()["enabled"] is False
+    checkout = await client.post("/v1/billing/checkout", headers={"Authorization": f"Bearer {token}"})
+    assert checkout.status_code == 404 and checkout.json()["error"]["code"] == "billing_disabled"

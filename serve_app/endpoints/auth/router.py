@@ -25,6 +25,8 @@ def auth_router(gateway: Gateway) -> APIRouter:
         if not admitted.counted:
             raise too_many_signups(admitted.retry_after)
         account = raise_if_error(await verifier.signup.remote(credentials.email, credentials.password))
+        if gateway.billing is not None:  # Stripe away: the customer is made when first needed
+            await gateway.billing.customer_at_signup(account.id)
         return JSONResponse({"object": "account", "id": account.id, "email": account.email,
                              "created_at": account.created_at}, status_code=201)
 

@@ -39,7 +39,8 @@ class ChatAnswer:
 class ChatService:
     def __init__(self, table: RoutingTable, backends: Backends, finetunes: FineTuneLookup,
                  record: Callable[[CallRecord], None], prices: Mapping[str, Price], deadline_s: float,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, gate: Callable[[str], Awaitable[None]] | None = None):
+        """``gate(account_id)`` raises when the account may not call (billing: 402)."""
         self._table = table
         self._backends = backends
         self._finetunes = finetunes
@@ -47,6 +48,7 @@ class ChatService:
         self._prices = prices
         self._deadline_s = deadline_s
         self._rng = rng or random.Random()
+        self._gate = gate
 
     async def answer(self, meter: CallMeter, authenticate: Callable[[], Awaitable[VerifiedKey]],
                      read_body: Callable[[], Awaitable[bytes]]) -> ChatAnswer:
@@ -55,6 +57,8 @@ class ChatService:
         try:
             verified = await authenticate()
             meter.key_prefix, meter.account_id = verified.prefix, verified.account_id
+            if self._gate is not None:
+                await self._gate(verified.account_id)
             raw = await read_body()
             meter.request_bytes = len(raw)
             chat = parse_chat_request(raw)

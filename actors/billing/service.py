@@ -1,0 +1,112 @@
+"""Billing as the API and the CLI use it: a customer per account (made at sign-up, or later if
+Stripe was away), Checkout and portal links, the account's billing overview, and webhooks
+applied once with every ingress replica told before the webhook is answered."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from actors.accounts.store import AccountStore
+from actors.billing.gate import allowed
+from actors.billing.reporter import Subscribed, UsageReporter
+from actors.billing.store import BillingStore
+from actors.billing.stripe_api import BillingUnavailable, StripeBilling
+from actors.billing.webhooks import apply, verify
+from actors.metering.record import current_month
+from actors.metering.usage_store import UsageStore
+from config.settings import Settings
+from core.invalidation import broadcast
+from core.money import MICRO, cost_units_text
+
+logger = logging.getLogger("neuroapi.billing")
+BILLING_TOPIC = "billing"  # subject: an account whose billing decision must be read again
+
+
+class StoredSubscriptions:
+    """``reporter.SubscribedAccounts`` over the billing store: every account Stripe bills."""
+
+    def __init__(self, store: BillingStore):
+        self._store = store
+
+    async def subscribed(self) -> list[Subscribed]:
+        found = []
+        for account_id in await self._store.accounts():
+            state = await self._store.state(account_id)
+            if state.subscribed and state.customer_id:
+                found.append(Subscribed(account_id, state.customer_id, state.status,
+                                        since_month=state.billed_from_month, unbilled_micro=state.billed_from_micro))
+        return found
+
+
+class BillingService:
+    def __init__(self, settings: Settings, redis: aioredis.Redis, stripe: StripeBilling,
+                 webhook_secret: str = ""):
+        self._settings = settings
+        self._redis = redis
+        self._stripe = stripe
+        self._webhook_secret = webhook_secret
+        self.store = BillingStore(redis)
+        self._accounts = AccountStore(redis)
+        self._usage = UsageStore(redis)
+
+    @property
+    def free_micro(self) -> int:
+        return self._settings.billing_free_cost_units * MICRO
+
+    def reporter(self) -> UsageReporter:
+        return UsageReporter(self._redis, self._stripe, self._settings.stripe_meter_event, self.free_micro,
+                             StoredSubscriptions(self.store))
+
+    async def aclose(self) -> None:
+        await self._stripe.aclose()
+
+    async def ensure_customer(self, account_id: str) -> str:
+        """The account's Stripe customer, created now if it has none (raises BillingUnavailable)."""
+        customer = await self.store.customer_id(account_id)
+        if customer:
+            return customer
+        account = await self._accounts.get(account_id)
+        customer = await self._stripe.create_customer(account.email, account_id)
+        await self.store.set_customer(account_id, customer)
+        return customer
+
+    async def customer_at_signup(self, account_id: str) -> None:
+        """Best effort: Stripe away at sign-up loses nothing, the customer is made when needed."""
+        try:
+            await self.ensure_customer(account_id)
+        except BillingUnavailable:
+            logger.warning("billing: no Stripe customer yet for a new account (Stripe unavailable)")
+
+    async def checkout_url(self, account_id: str) -> str:
+        customer = await self.ensure_customer(account_id)
+        return await self._stripe.checkout_url(customer, self._settings.stripe_price or "",
+                                               self._settings.billing_return_url, self._settings.billing_return_url)
+
+    async def portal_url(self, account_id: str) -> str:
+        return await self._stripe.portal_url(await self.ensure_customer(account_id), self._settings.billing_return_url)
+
+    async def overview(self, account_id: str) -> dict:
+        state = await self.store.state(account_id)
+        month = current_month(int(time.time() * 1000))
+        cost = int((await self._usage.month(account_id, month)).get("cost_micro_units", 0))
+        return {
+            "object": "billing", "enabled": True, "account_id": account_id,
+            "status": state.status, "subscribed": state.subscribed,
+            "current_period": {"start": state.period_start, "end": state.period_end},
+            "month": month, "cost_units": cost_units_text(cost),
+            "free_cost_units": cost_units_text(self.free_micro),
+            "free_cost_units_left": cost_units_text(max(self.free_micro - cost, 0)),
+            "may_call": allowed(state, cost, self.free_micro, self._settings.billing_past_due_grace_s,
+                                int(time.time())),
+        }
+
+    async def webhook(self, payload: bytes, signature: str) -> None:
+        """Verify (raises InvalidWebhook), apply once, and make every ingress replica read the
+        account's billing again before this returns (as a revocation does)."""
+        event = verify(payload, signature, self._webhook_secret)
+        account_id = await apply(self.store, self._redis, event)
+        if account_id:
+            await broadcast(self._redis, BILLING_TOPIC, account_id)
