@@ -101,6 +101,13 @@ class Settings(BaseModel):
     # (a shared filesystem in a cluster). None = <data_dir>/finetunes.
     finetune_store_dir: Path | None = None
     finetune_max_bytes: int = Field(default=2 << 30, ge=1 << 20)
+    # Data lifecycle: one housekeeping pass this often purges deleted accounts
+    # (actors.accounts.deletion) and applies the retention windows (actors.metering.retention):
+    # per-call records by age, monthly usage counters (accounting) by months, the audit stream.
+    housekeeping_every_s: float = Field(default=3600.0, gt=0)
+    calls_retention_days: int = Field(default=30, ge=1, le=3650)
+    usage_retention_months: int = Field(default=84, ge=1, le=1200)  # 7 years: tax and accounting
+    audit_retention_days: int = Field(default=400, ge=1, le=36500)
     # Billing with Stripe (actors.billing): on when NEUROAPI_STRIPE_SECRET_KEY is in the
     # environment of the gateway's processes (the key itself never enters settings, which travel
     # through Ray). stripe_api_base: a Stripe-compatible server instead of Stripe's.

@@ -39,7 +39,7 @@ def account_usage_key(account_id: str, month: str) -> str:
     return f"neuroapi:account:{account_id}:usage:{month}"
 
 
-def _email_index_key(email: str) -> str:
+def email_index_key(email: str) -> str:
     return "neuroapi:account-by-email:" + hashlib.sha256(email.encode()).hexdigest()
 
 
@@ -68,7 +68,7 @@ class AccountStore:
         """A new account; without a password hash it can use keys but not log in."""
         email = normalise_email(email)
         account = Account("acct_" + secrets.token_hex(8), email, "active", int(time.time()))
-        if not await self._redis.set(_email_index_key(email), account.id, nx=True):
+        if not await self._redis.set(email_index_key(email), account.id, nx=True):
             raise AccountExists("an account with this email already exists")
         await self._redis.hset(
             account_key(account.id),
@@ -93,7 +93,7 @@ class AccountStore:
         return await self._redis.hget(account_key(account_id), "password_hash") or ""
 
     async def by_email(self, email: str) -> Account | None:
-        account_id = await self._redis.get(_email_index_key(normalise_email(email)))
+        account_id = await self._redis.get(email_index_key(normalise_email(email)))
         return await self.get(account_id) if account_id else None
 
     async def require(self, email: str) -> Account:

@@ -9,6 +9,7 @@ from typing import Any
 
 from actors.metering.batcher import Batcher
 from actors.metering.record import CallRecord
+from actors.metering.retention import dedupe_ttl_s
 from actors.metering.usage_store import UsageStore
 from config.settings import Settings
 from core.redis_conn import connect
@@ -26,7 +27,8 @@ class MetadataBatcher:
     def __init__(self, settings: Settings, redis_url: str,
                  metrics: Callable[[], Callable[[str, int], None]] | None = None):
         self._redis = connect(redis_url, socket_timeout=REDIS_TIMEOUT_S, retries=0)
-        store = UsageStore(self._redis, stream_max_entries=settings.calls_stream_max_entries)
+        store = UsageStore(self._redis, stream_max_entries=settings.calls_stream_max_entries,
+                           dedupe_ttl_s=dedupe_ttl_s(settings.calls_retention_days))  # marks go with their entries
         self._batcher = Batcher(
             store, max_batch=settings.metering_max_batch, max_age_s=settings.metering_max_age_s,
             buffer_records=settings.metering_buffer_records, spill_dir=settings.metering_spill_dir,
