@@ -5,6 +5,7 @@ one line here."""
 
 from fastapi import FastAPI
 
+from serve_app.endpoints.account.router import account_router
 from serve_app.endpoints.admin_finetunes.router import admin_finetunes_router
 from serve_app.endpoints.admin_scopes.router import admin_scopes_router
 from serve_app.endpoints.auth.router import auth_router
@@ -22,7 +23,7 @@ def build_api(gateway: Gateway) -> FastAPI:
     api = FastAPI(title="NeuroAPI", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(api)
     for router in (chat_router(gateway), models_router(gateway), usage_router(gateway), auth_router(gateway),
-                   keys_router(gateway), billing_router(gateway), admin_scopes_router(gateway),
+                   keys_router(gateway), account_router(gateway), billing_router(gateway), admin_scopes_router(gateway),
                    admin_finetunes_router(gateway), health_router()):
         api.include_router(router)
     return api

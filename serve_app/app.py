@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve import Application
 
 from actors.billing.reporter_deployment import BillingReporter
+from actors.housekeeping import Housekeeping
 from actors.keys.verifier import KeyVerifier
 from actors.metering.batcher_deployment import MetadataBatcher
 from actors.providers.proxy import ProviderProxy
@@ -76,10 +77,12 @@ def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | N
     }
     batcher = serve.deployment(as_replica(MetadataBatcher), max_ongoing_requests=10000, **SMALL).bind(
         settings, redis_url, metering_events) if settings.metering else None
-    # Usage to Stripe; bound to the ingress only so that Serve starts it (nothing calls it).
-    reporter = serve.deployment(as_replica(BillingReporter), **SMALL).bind(settings, redis_url) \
-        if settings.billing_enabled(environ) else None
+    # Periodic jobs, bound to the ingress only so that Serve starts them (nothing calls them):
+    # the purge of deleted accounts and the retention windows; usage to Stripe.
+    jobs = [serve.deployment(as_replica(Housekeeping), **SMALL).bind(settings, redis_url)]
+    if settings.billing_enabled(environ):
+        jobs.append(serve.deployment(as_replica(BillingReporter), **SMALL).bind(settings, redis_url))
     ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress", max_ongoing_requests=1000, **SMALL)
     return ingress.options(num_replicas=settings.ingress_replicas).bind(
-        settings, redis_url, verifier, router, proxies | models, batcher, reporter
+        settings, redis_url, verifier, router, proxies | models, batcher, jobs
     )

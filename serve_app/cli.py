@@ -18,9 +18,12 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from actors.accounts.deletion import delete_account
+from actors.accounts.export import export_account
 from actors.accounts.store import AccountError, AccountStore, normalise_email
 from actors.billing.service import BillingService
 from actors.billing.stripe_api import StripeBilling
+from actors.housekeeping import housekeeping_pass
 from actors.keys.crypto import KeyCrypto
 from actors.keys.rotation import rotate
 from actors.keys.store import KeyStore
@@ -127,6 +130,30 @@ async def _accounts_create(redis: Redis, settings: Settings, email: str) -> int:
     if billing is not None:
         await billing.customer_at_signup(account.id)
         await billing.aclose()
+    return 0
+
+
+async def _accounts_export(redis: Redis, settings: Settings, email: str) -> int:
+    account = await AccountStore(redis).require(email)
+    print(json.dumps(await export_account(redis, account.id), indent=2))
+    return 0
+
+
+async def _accounts_delete(redis: Redis, settings: Settings, email: str) -> int:
+    account = await AccountStore(redis).require(email)
+    await delete_account(redis, account.id, actor=f"cli:{getpass.getuser()}")
+    say(f"deleted account {account.id}: its keys are rejected everywhere; its data goes with the next purge batch")
+    return 0
+
+
+async def _purge(redis: Redis, settings: Settings) -> int:
+    done = await housekeeping_pass(redis, settings)
+    if done is None:
+        raise ConfigError("another housekeeping pass is running; try again in a moment")
+    for account_id in done["purged"]:
+        print(f"purged\t{account_id}")
+    say(f"purged {len(done['purged'])} account(s); trimmed " +
+        ", ".join(f"{count} {what}" for what, count in done["trimmed"].items()))
     return 0
 
 
@@ -268,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--in-house-only", action="store_true", help="only in-house models, never a third party")
     scope.add_argument("--exclude-provider", action="append", metavar="NAME", help="never this provider (repeatable)")
     scope.add_argument("--clear", action="store_true", help="no restriction")
+    accounts.add_parser("export", parents=[common],
+                        help="everything NeuroAPI holds about an account, as JSON").add_argument("email")
+    accounts.add_parser("delete", parents=[common], help="delete an account: its keys rejected at once, "
+                        "its data purged by the next purge batch").add_argument("email")
+    commands.add_parser("purge", parents=[common],
+                        help="run the housekeeping pass now: purge deleted accounts, apply the retention windows")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="mint a key; prints it alone on stdout, once", parents=[common])
@@ -319,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         action = {
             ("accounts", "create"): lambda redis: _accounts_create(redis, settings, args.email),
             ("accounts", "scope"): lambda redis: _accounts_scope(redis, settings, args),
+            ("accounts", "export"): lambda redis: _accounts_export(redis, settings, args.email),
+            ("accounts", "delete"): lambda redis: _accounts_delete(redis, settings, args.email),
+            ("purge", None): lambda redis: _purge(redis, settings),
             ("usage", None): lambda redis: _usage(redis, settings, args.email, args.month),
             ("keys", "create"): lambda redis: _keys_create(redis, settings, args.email, args.name),
             ("keys", "list"): lambda redis: _keys_list(redis, settings, args.email),

@@ -24,8 +24,8 @@ GATEWAY_MS_BOUNDARIES = [0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 100, 250, 
 class Ingress:
     async def __init__(self, settings: Settings, redis_url: str, verifier: DeploymentHandle,
                        router: DeploymentHandle, backends: dict[str, DeploymentHandle],
-                       batcher: DeploymentHandle | None, billing_reporter: DeploymentHandle | None = None):
-        # billing_reporter: bound here only so that Serve runs it; the ingress never calls it.
+                       batcher: DeploymentHandle | None, jobs: list[DeploymentHandle] | None = None):
+        # jobs (housekeeping, the billing reporter): bound here only so that Serve runs them.
         logs.install(in_replica=True)
         histogram = Histogram(
             "neuroapi_gateway_added_ms", "Time NeuroAPI added to a chat completion before its response started, ms",

@@ -26,6 +26,10 @@ SERVE_ENVIRONMENT = {
     # Serve's 30 s suits a cloud load balancer; our HAProxy on the same node needs seconds.
     # Behind an external load balancer, set it to that balancer's deregistration delay.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    # Every log file Ray and Serve write (system processes, replicas, workers' .out/.err: the
+    # last only when this is set) rotates at 64 MiB and keeps 5 old files: at most 384 MiB per log.
+    "RAY_ROTATION_MAX_BYTES": str(64 << 20),
+    "RAY_ROTATION_BACKUP_COUNT": "5",
 }
 
 

@@ -67,6 +67,11 @@ class AccountService:
         await self._sessions.open(session)
         return token, session
 
+    async def check_password(self, account_id: str, password: str) -> bool:
+        """The account's own password (on the log-in budget); False for an unknown account."""
+        hashed = await self._accounts.password_hash(account_id)
+        return bool(hashed) and await self._login_budget.run(verify_password, password, hashed, self._password_rounds)
+
     async def session(self, token: str) -> Session | None:
         session = self._current()[1].check(token)
         if session is None or not await self._sessions.is_open(session):

@@ -10,6 +10,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from actors.accounts.deletion import delete_account
 from actors.accounts.passwords import PasswordError
 from actors.accounts.service import AccountService
 from actors.accounts.sessions import Session
@@ -91,6 +92,17 @@ class KeyVerifier:
     @redis_down_is_503
     async def revoke_key(self, account_id: str, prefix: str) -> bool:
         return await self._accounts.revoke_key(account_id, prefix)
+
+    @redis_down_is_503
+    async def delete_account(self, account_id: str, password: str) -> bool | GatewayError | None:
+        """None for a wrong password; else deleted (its keys rejected on every replica once this
+        returns, its sessions ended, its data queued for the next purge batch)."""
+        try:
+            if not await self._accounts.check_password(account_id, password):
+                return None
+        except Busy:
+            return busy("Too many log-ins are being processed", "login_busy")
+        return await delete_account(self._redis, account_id)
 
     async def record_key_uses(self, last_used: dict[str, int]) -> None:
         await self._accounts.record_key_uses(last_used)
