@@ -29,10 +29,11 @@ from actors.metering.record import CallRecord
 from actors.metering.usage_store import CALLS_STREAM, UsageStore
 from actors.routing.scopes import ScopeStore
 from core.audit import AUDIT_STREAM
-from core.invalidation import HOLDERS, InvalidationListener
+from core.invalidation import HOLDERS
 from core.scope import Scope
 from finetunes.registry import FineTune, FineTuneRegistry
 from tests.support.key_material import material
+from tests.support.listeners import listening
 
 PASSWORD = "a long enough password"
 MARCH, APRIL = 1_773_532_800_000, 1_776_211_200_000  # 2026-03-15 and 2026-04-15 UTC (ms)
@@ -110,21 +111,10 @@ async def test_deletion_ends_keys_and_sessions_at_once_on_every_replica(own_redi
     account = await populate(redis, key_material, "gone@example.com", "cus_gone")
     other = await populate(redis, key_material, "stays@example.com", "cus_stays")
     heard: list[list[tuple[str, str]]] = [[], []]
-    listeners = [InvalidationListener(own_redis.url, lambda t, s, i=i: heard[i].append((t, s)), lambda: None)
-                 for i in range(2)]
-    for listener in listeners:
-        listener.start()
-    for _ in range(100):
-        if all(listener.healthy for listener in listeners):
-            break
-        await asyncio.sleep(0.05)
-    try:
+    async with listening(own_redis.url, *(lambda t, s, i=i: heard[i].append((t, s)) for i in range(2))):
         assert await delete_account(redis, account.id)
         # Both replicas dropped the live key and the account before delete_account returned.
         assert heard == [[("key", account.prefixes[0]), ("account", account.id)]] * 2
-    finally:
-        for listener in listeners:
-            await listener.stop()
     keys, sessions = KeyStore(redis, KeyCrypto(key_material)), SessionStore(redis)
     assert [await keys.verify(key) for key in account.keys] == [None, None]
     assert [await sessions.is_open(s) for s in account.sessions] == [False, False]

@@ -12,11 +12,11 @@ import pytest
 
 from actors.accounts.throttle import NOT_AN_IP
 from core.errors import GatewayError
-from core.invalidation import InvalidationListener
 from core.redis_conn import connect
 from serve_app.callers.client_address import parse_networks
 from serve_app.callers.guard import BLOCKS_TOPIC, FailedAuthGuard
 from serve_app.runtime import free_port
+from tests.support.listeners import listening
 
 PROXIES = parse_networks(["10.0.0.0/8", "127.0.0.1/32"])
 WRONG_KEY = GatewayError(401, "Invalid API key.", code="invalid_api_key")
@@ -107,14 +107,7 @@ async def test_the_attempt_that_reaches_the_limit_tells_the_other_replicas(redis
             heard.append(subject)
             two.block(subject)
 
-    listener = InvalidationListener(own_redis.url, on_message, lambda: None)
-    listener.start()
-    try:
-        for _ in range(100):
-            if listener.healthy:
-                break
-            await asyncio.sleep(0.05)
-        assert listener.healthy
+    async with listening(own_redis.url, on_message):
         answers = [await one.failed("198.51.100.7", WRONG_KEY) for _ in range(2)]
         assert heard == [] and two.blocked_for("198.51.100.7") == 0  # below the limit: nothing announced
         answers.append(await one.failed("198.51.100.7", WRONG_KEY))
@@ -127,8 +120,6 @@ async def test_the_attempt_that_reaches_the_limit_tells_the_other_replicas(redis
         # Already blocked: the next failure is not announced again.
         assert (await one.failed("198.51.100.7", WRONG_KEY)).status == 429
         assert len(heard) == 1
-    finally:
-        await listener.stop()
 
 
 async def test_failures_on_different_replicas_add_up_in_redis(redis):

@@ -4,7 +4,6 @@ Checkout and portal links, the overview, and a webhook that every cache holder c
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -16,7 +15,7 @@ from actors.billing.stripe_api import BillingUnavailable, StripeBilling
 from actors.billing.webhooks import InvalidWebhook
 from actors.metering.record import current_month
 from config.settings import load_settings
-from core.invalidation import InvalidationListener
+from tests.support.listeners import listening
 from tests.support.stripe_server import METERED_PRICE, SECRET_KEY, FakeStripe, sign_webhook, webhook_event
 
 WEBHOOK_SECRET = "whsec_unit_neuroapi_0123456789"
@@ -78,13 +77,7 @@ async def test_a_webhook_is_confirmed_by_every_cache_holder_before_it_returns(bi
     account_id = await new_account(redis)
     customer = await billing.ensure_customer(account_id)
     heard: list[tuple[str, str]] = []
-    listener = InvalidationListener(own_redis.url, lambda topic, subject: heard.append((topic, subject)), lambda: None)
-    listener.start()
-    try:
-        for _ in range(100):
-            if listener.healthy:
-                break
-            await asyncio.sleep(0.05)
+    async with listening(own_redis.url, lambda topic, subject: heard.append((topic, subject))):
         event = webhook_event("customer.subscription.created", {
             "id": "sub_1", "object": "subscription", "customer": customer, "status": "active",
             "created": int(time.time()), "items": {"object": "list", "data": []}})
@@ -94,5 +87,3 @@ async def test_a_webhook_is_confirmed_by_every_cache_holder_before_it_returns(bi
         assert (await billing.store.state(account_id)).status == "active"
         with pytest.raises(InvalidWebhook):
             await billing.webhook(payload, sign_webhook(payload, "whsec_not_the_secret_at_all"))
-    finally:
-        await listener.stop()

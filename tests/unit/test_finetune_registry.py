@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from core.audit import AUDIT_STREAM
-from core.invalidation import InvalidationListener
 from finetunes.registry import FINETUNES_TOPIC, FineTune, FineTuneRegistry, RegistryError
+from tests.support.listeners import listening
 
 
 async def staged(registry: FineTuneRegistry, name: str = "support-bot", owner: str | None = None) -> FineTune:
@@ -173,14 +173,7 @@ async def test_concurrent_deploys_leave_one_live(redis):
 async def test_changes_are_broadcast(redis, own_redis):
     registry = FineTuneRegistry(redis)
     heard: list[tuple[str, str]] = []
-    listener = InvalidationListener(own_redis.url, lambda topic, subject: heard.append((topic, subject)),
-                                    lambda: None)
-    listener.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not listener.healthy:
-            assert time.monotonic() < deadline, "the listener did not subscribe"
-            await asyncio.sleep(0.02)
+    async with listening(own_redis.url, lambda topic, subject: heard.append((topic, subject))):
         await staged(registry)
         await staged(registry)
         assert heard == []  # staging changes nothing a replica caches
@@ -190,5 +183,3 @@ async def test_changes_are_broadcast(redis, own_redis):
         await registry.rollback("support-bot", "ops")
         await registry.retire("support-bot", "ops")
         assert heard == [(FINETUNES_TOPIC, "support-bot")] * 4
-    finally:
-        await listener.stop()

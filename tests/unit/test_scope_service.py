@@ -4,10 +4,8 @@ and the ``neuroapi accounts scope`` command (its lines and exit codes)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import time
 
 import pytest
 
@@ -19,10 +17,11 @@ from config.settings import load_settings
 from core import logs
 from core.audit import AUDIT_STREAM
 from core.errors import GatewayError
-from core.invalidation import CHANNEL, InvalidationListener, InvalidationTimeout, broadcast
+from core.invalidation import CHANNEL, InvalidationTimeout, broadcast
 from core.naming import IN_HOUSE_PROVIDER
 from core.scope import UNRESTRICTED, Scope, ScopeError
 from serve_app import cli
+from tests.support.listeners import listening
 
 THIRD_PARTIES = {"openai", "anthropic", "deepseek"}
 NO_OPENAI = Scope(excluded_providers=frozenset({"openai"}))
@@ -64,18 +63,9 @@ async def test_set_stores_audits_and_waits_for_every_replica(redis, own_redis):
     account = await AccountStore(redis).create("a@example.com")
     service = ScopeService(redis, THIRD_PARTIES)
     heard: list[tuple[str, str]] = []
-    listener = InvalidationListener(own_redis.url, lambda topic, subject: heard.append((topic, subject)),
-                                    lambda: None)
-    listener.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not listener.healthy:
-            assert time.monotonic() < deadline, "the listener did not subscribe"
-            await asyncio.sleep(0.02)
+    async with listening(own_redis.url, lambda topic, subject: heard.append((topic, subject))):
         assert await service.set("A@example.com", NO_OPENAI, "admin:alice") == (account.id, 1)
         assert heard == [("account", account.id)]  # confirmed before set returned
-    finally:
-        await listener.stop()
     assert await service.lookup("a@example.com") == (account.id, NO_OPENAI)
     [entry] = await audited(redis, account.id)
     assert (entry["actor"], entry["action"]) == ("admin:alice", "scope.set")
