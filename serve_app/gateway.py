@@ -76,7 +76,8 @@ class Gateway:
             stripe = StripeBilling(os.environ[STRIPE_SECRET_VARIABLE], settings.stripe_api_base)
             self.billing = BillingService(settings, self.redis, stripe, os.environ.get(STRIPE_WEBHOOK_SECRET_VARIABLE, ""))
             self.billing_gate = BillingGate(self.billing.store, self.usage, self.billing.free_micro,
-                                            settings.billing_past_due_grace_s)
+                                            settings.billing_past_due_grace_s,
+                                            cache_usable=lambda: self.listener.cache_usable)
         self._tasks: list[asyncio.Task] = []
         self.table = None
         self.chat: ChatService | None = None

@@ -10,12 +10,14 @@ adds the cost of the calls this replica records, and its month's total is read a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from actors.billing.gate import allowed, payment_required
 from actors.billing.store import BillingState, BillingStore
 from actors.metering.record import current_month
 from actors.metering.usage_store import UsageStore
+from core.redis_conn import UNREACHABLE
 
 REFRESH_S = 2.0
 
@@ -30,10 +32,14 @@ class _Entry:
 
 class BillingGate:
     def __init__(self, store: BillingStore, usage: UsageStore, free_micro: int, grace_s: int,
-                 refresh_s: float = REFRESH_S, max_entries: int = 100_000):
+                 refresh_s: float = REFRESH_S, max_entries: int = 100_000,
+                 cache_usable: Callable[[], bool] = lambda: True):
+        """``cache_usable``: whether remembered decisions may still be served while Redis is
+        away (the invalidation listener's bound, as for verified keys)."""
         self._store, self._usage = store, usage
         self._free_micro, self._grace_s = free_micro, grace_s
         self._refresh_s, self._max_entries = refresh_s, max_entries
+        self._cache_usable = cache_usable
         self._entries: dict[str, _Entry] = {}
         self._generation = 0  # bumped by every invalidation: a read that raced one is not kept
 
@@ -46,7 +52,12 @@ class BillingGate:
         # running out (computed below); an allowance's changes with usage, so it is read again.
         stale = not (entry and entry.state.subscribed) and (entry is None or now - entry.read_at > self._refresh_s)
         if entry is None or entry.month != month or stale:
-            entry = await self._read(account_id, month, now)
+            try:
+                entry = await self._read(account_id, month, now)
+            except UNREACHABLE:
+                # Redis away: the last decision stands while verified keys are served from cache.
+                if entry is None or entry.month != month or not self._cache_usable():
+                    raise
         if not allowed(entry.state, entry.cost_micro, self._free_micro, self._grace_s, int(now)):
             raise payment_required()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from actors.accounts.store import AccountStore, account_usage_key
 from actors.billing.store import BillingState
@@ -98,3 +99,24 @@ async def test_a_read_that_raced_an_invalidation_is_not_kept(redis, account):
     store.state = Store.state.__get__(store)
     await checks.check(account)
     assert store.reads == 1  # the raced read was answered but not cached
+
+
+async def test_redis_away_the_last_decision_stands_while_cached_keys_are_served(redis, account):
+    """As verified keys are (core.invalidation): a decision known before the outage still
+    answers for ``cache_outage_serve_s``, then the outage is a 503 like everything else."""
+    store = Store()
+    usable = [True]
+    checks = BillingGate(store, UsageStore(redis), FREE, grace_s=3600, refresh_s=0.0,
+                         cache_usable=lambda: usable[0])
+    await checks.check(account)  # remembered: on its free allowance
+
+    async def unreachable(account_id):
+        raise RedisConnectionError("redis away")
+
+    store.state = unreachable
+    await checks.check(account)  # stale, and Redis cannot say more: the last decision stands
+    usable[0] = False  # past the outage bound
+    with pytest.raises(RedisConnectionError):
+        await checks.check(account)
+    with pytest.raises(RedisConnectionError):  # nothing remembered for this one
+        await BillingGate(store, UsageStore(redis), FREE, 3600).check("acct_never_seen")
