@@ -93,6 +93,9 @@ def gateway_config(fakes: FakeUpstreams, closed_port: int) -> dict:
         # Longer than test_redis_outage's outage, short enough that after a replica is killed
         # (test_record_durability) a revoke waiting for its lease stays within a client's timeout.
         "cache_outage_serve_s": 20,
+        # The billing reporter's own pass would race the tests that drive passes themselves
+        # (test_billing.py); they run it explicitly, in process or with `neuroapi billing report`.
+        "billing_report_every_s": 3600,
         # The tests play the edge load balancer: loopback's X-Forwarded-For is believed.
         "trusted_proxies": ["127.0.0.1/32", "::1/128"],
         # Small edge bounds for callers from other loopback addresses (tests/integration/test_edge.py).
