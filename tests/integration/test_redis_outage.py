@@ -91,7 +91,21 @@ async def revoke(gateway, key: str) -> None:
         await client.aclose()
 
 
+async def settled() -> None:
+    """Every deployment running again (an earlier test kills an ingress replica), and a moment
+    for a restarted replica's invalidation listener to subscribe: a replica caches a verified
+    key only while it hears invalidations, and this test needs both replicas to hold it."""
+    from ray import serve
+
+    deadline = time.monotonic() + 60
+    while serve.status().applications["neuroapi"].status != "RUNNING":
+        assert time.monotonic() < deadline, "the application did not settle"
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(3)
+
+
 async def test_verified_keys_are_served_through_a_redis_outage_and_the_rest_is_503(gateway):
+    await settled()
     known, never_seen = await mint_key(gateway), await mint_key(gateway)
     for _ in range(10):  # verified, and cached, on both ingress replicas
         assert (await fresh(gateway, "POST", "/v1/chat/completions", json=CHAT, headers=bearer(known))).status_code == 200
