@@ -8,6 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
+from core import capabilities as cap
+
+Capability = Literal["tools", "forced_tools", "parallel_tools", "json_object", "json_schema", "vision",
+                     "logprobs", "n", "reasoning", "logit_bias"]
+# What every in-house model does on either engine: structured outputs by constrained decoding,
+# and a forced tool call as structured output over the tool's parameters (no template support needed).
+IN_HOUSE_CAPABILITIES = frozenset({cap.FORCED_TOOLS, cap.JSON_OBJECT, cap.JSON_SCHEMA})
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -80,6 +88,23 @@ class InHouseModelSpec(_Strict):
     max_lora_rank: int = Field(default=16, ge=0, le=512)
     max_loras: int = Field(default=4, ge=1, le=64)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to vLLM's engine as is
+    # A vLLM tool-call parser (e.g. "hermes") for a model whose chat template takes tools: the
+    # model then decides itself whether to call one (tool_choice auto). None: forced calls only.
+    tool_parser: str | None = None
+    supports: list[Capability] = Field(default_factory=list)  # more capabilities than the defaults
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        auto_tools = {cap.TOOLS, cap.PARALLEL_TOOLS} if self.tool_parser else set()
+        return IN_HOUSE_CAPABILITIES | auto_tools | set(self.supports)
+
+
+class ModelCard(_Strict):
+    """What a provider's model can do beyond plain text chat (``core.capabilities``), and its
+    context window in tokens. A model without a card is offered for plain text only."""
+
+    context_length: int | None = Field(default=None, ge=1)
+    supports: list[Capability] = Field(default_factory=list)
 
 
 class Candidate(_Strict):
@@ -94,12 +119,16 @@ class ModeSpec(_Strict):
 
 
 class Price(_Strict):
-    """cost_units per million tokens (1 cost_unit = US$0.000001)."""
+    """cost_units per million tokens (1 cost_unit = US$0.000001). Prompt tokens read from or
+    written to the provider's prompt cache have their own prices where the provider bills them
+    differently (unset: the input price)."""
 
     input: Decimal = Field(ge=0)
     output: Decimal = Field(ge=0)
+    cache_read: Decimal | None = Field(default=None, ge=0)
+    cache_write: Decimal | None = Field(default=None, ge=0)
 
-    @field_validator("input", "output", mode="before")
+    @field_validator("input", "output", "cache_read", "cache_write", mode="before")
     @classmethod
     def _no_float_drift(cls, value: object) -> object:
         # YAML floats such as 0.1 are not exact; go through their text.

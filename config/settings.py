@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from config.catalog import InHouseModelSpec, ModeSpec, Price, ProviderSpec
+from config.catalog import InHouseModelSpec, ModelCard, ModeSpec, Price, ProviderSpec
 from core.money import FINETUNE_PREFIX
 
-CATALOG_SECTIONS = ("providers", "in_house_models", "modes", "prices")
+CATALOG_SECTIONS = ("providers", "in_house_models", "modes", "prices", "capabilities")
 STRIPE_SECRET_VARIABLE = "NEUROAPI_STRIPE_SECRET_KEY"
 STRIPE_WEBHOOK_SECRET_VARIABLE = "NEUROAPI_STRIPE_WEBHOOK_SECRET"
 
@@ -123,6 +123,7 @@ class Settings(BaseModel):
     in_house_models: dict[str, InHouseModelSpec] = Field(default_factory=dict)
     modes: dict[str, ModeSpec]
     prices: dict[str, Price]
+    capabilities: dict[str, ModelCard] = Field(default_factory=dict)  # provider models' cards
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -178,6 +179,14 @@ class Settings(BaseModel):
     def served_in_house(self) -> dict[str, InHouseModelSpec]:
         """The in-house models this gateway runs (none when ``in_house`` is off)."""
         return dict(self.in_house_models) if self.in_house else {}
+
+    def card(self, model: str) -> ModelCard:
+        """What ``model`` can do and its context window: an in-house model's follow from its
+        entry, a provider model's from ``capabilities`` (none listed: plain text only)."""
+        in_house = self.in_house_models.get(model)
+        if in_house is not None:
+            return ModelCard(context_length=in_house.max_model_len, supports=sorted(in_house.capabilities))
+        return self.capabilities.get(model) or ModelCard()
 
     def billing_enabled(self, environ: Mapping[str, str] | None = None) -> bool:
         return bool((os.environ if environ is None else environ).get(STRIPE_SECRET_VARIABLE))

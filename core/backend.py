@@ -49,8 +49,15 @@ class UpstreamCall:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts as OpenAI reports them: ``prompt_tokens`` includes the prompt-cache reads
+    (``cached_tokens``) and writes (``cache_write_tokens``, Anthropic's), ``completion_tokens``
+    includes ``reasoning_tokens``. A detail is None when the backend did not report it."""
+
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
     # Priced once, by the backend that measured the usage (None: it knows no price); the call's
     # record carries this, so the answer's usage.cost_units and the bill agree by construction.
     cost_micro_units: int | None = field(default=None, compare=False)
@@ -58,14 +65,23 @@ class Usage:
     def priced(self, price: Price | None) -> Usage:
         if price is None:
             return self
-        return replace(self, cost_micro_units=cost_micro_units(price, self.prompt_tokens, self.completion_tokens))
+        return replace(self, cost_micro_units=cost_micro_units(
+            price, self.prompt_tokens, self.completion_tokens, self.cached_tokens or 0, self.cache_write_tokens or 0))
 
-    def as_openai(self) -> dict[str, int]:
-        return {
+    def as_openai(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        prompt_details = {name: count for name, count in (("cached_tokens", self.cached_tokens),
+                                                          ("cache_write_tokens", self.cache_write_tokens))
+                          if count is not None}
+        if prompt_details:
+            usage["prompt_tokens_details"] = prompt_details
+        if self.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -2,7 +2,9 @@
 
 Money is integers only. Prices are cost_units per million tokens (``config.catalog.Price``)
 and 1 cost_unit = US$0.000001, so a call's cost in micro cost_units is exactly
-``prompt_tokens * input + completion_tokens * output``: no division, no float."""
+``uncached_prompt * input + cache_reads * cache_read + cache_writes * cache_write +
+completion_tokens * output``: no division, no float. A model without cache prices bills cached
+prompt tokens at its input price."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ class Price(Protocol):
 
     input: Decimal
     output: Decimal
+    cache_read: Decimal | None  # a prompt token read from the provider's prompt cache (None: input)
+    cache_write: Decimal | None  # a prompt token written to it (Anthropic bills writes above input)
 
 
 def price_for(prices: Mapping[str, Price], model: str, finetune_price_name: str = "") -> Price | None:
@@ -29,16 +33,24 @@ def price_for(prices: Mapping[str, Price], model: str, finetune_price_name: str 
     return (finetune_price_name and prices.get(finetune_price_name)) or prices.get(model)
 
 
-def cost_micro_units(price: Price, prompt_tokens: int, completion_tokens: int) -> int:
-    """The cost of a call in micro cost_units, exactly.
+def cost_micro_units(price: Price, prompt_tokens: int, completion_tokens: int,
+                     cached_tokens: int = 0, cache_write_tokens: int = 0) -> int:
+    """The cost of a call in micro cost_units, exactly. ``prompt_tokens`` counts every prompt
+    token, ``cached_tokens`` (cache reads) and ``cache_write_tokens`` among them.
 
     With whole-number prices (all the shipped ones) this is an exact integer product. A price
     with a fraction (``Price`` accepts decimals such as 0.5) makes the product fractional; it
     is computed exactly as a ``Fraction`` and rounded half up to a whole micro cost_unit, once
     per call."""
-    if prompt_tokens < 0 or completion_tokens < 0:
+    if min(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens) < 0:
         raise ValueError("token counts cannot be negative")
-    total = Fraction(price.input) * prompt_tokens + Fraction(price.output) * completion_tokens
+    uncached = prompt_tokens - cached_tokens - cache_write_tokens
+    if uncached < 0:
+        raise ValueError("cached tokens are part of the prompt tokens, never more")
+    read = price.cache_read if price.cache_read is not None else price.input
+    write = price.cache_write if price.cache_write is not None else price.input
+    total = (Fraction(price.input) * uncached + Fraction(read) * cached_tokens
+             + Fraction(write) * cache_write_tokens + Fraction(price.output) * completion_tokens)
     if total.denominator == 1:
         return total.numerator
     # Round half up on a non-negative exact fraction: floor(total + 1/2), in integers.

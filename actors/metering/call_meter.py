@@ -17,7 +17,6 @@ from actors.metering.record import CallRecord, estimate_tokens
 from config.catalog import Price
 from core.backend import Usage
 from core.errors import GatewayError
-from core.money import cost_micro_units
 from core.sse import SSEDecoder
 
 
@@ -46,7 +45,7 @@ class CallMeter:
             cost = usage.cost_micro_units
         else:  # estimated here, or a rejection
             price = self.price or prices.get(self.model)
-            cost = cost_micro_units(price, prompt, completion) if price else 0
+            cost = (usage.priced(price).cost_micro_units or 0) if usage is not None and price else 0
         return CallRecord(
             request_id=self.request_id, timestamp_ms=self.timestamp_ms, key_prefix=self.key_prefix,
             account_id=self.account_id, status=status, mode=self.mode, backend=self.backend, model=self.model,
@@ -61,13 +60,22 @@ class CallMeter:
         return self.finish(error.status, len(error.rendered()), None, False, prices)
 
 
-def prompt_text(messages: Iterable) -> str:
-    """The text of a chat request's messages (``serve_app.endpoints.chat.schema.ChatMessage``)."""
+def prompt_text(messages: Iterable[dict]) -> str:
+    """The text of a chat request's messages (as the schema dumps them): contents, text parts,
+    tool calls' arguments. Images are not text; an estimate leaves them out."""
     parts = []
     for message in messages:
-        content = message.content
-        parts.append(content if isinstance(content, str) else " ".join(p.get("text", "") for p in content))
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.append(" ".join(p.get("text", "") for p in content))
+        parts += [call["function"]["name"] + " " + call["function"]["arguments"] for call in message.get("tool_calls", ())]
     return "\n".join(parts)
+
+
+def _tool_arguments(message: dict) -> str:
+    return "".join(((call.get("function") or {}).get("arguments") or "") for call in message.get("tool_calls") or ())
 
 
 def _text(content) -> str:
@@ -77,7 +85,9 @@ def _text(content) -> str:
 def completion_text(body: bytes) -> str:
     try:
         choices = json.loads(body).get("choices") or []
-        return "".join(_text((c.get("message") or {}).get("content")) for c in choices)
+        messages = [c.get("message") or {} for c in choices]
+        return "".join(_text(m.get("content")) + _text(m.get("reasoning_content")) + _tool_arguments(m)
+                       for m in messages)
     except (ValueError, AttributeError, TypeError, RecursionError):  # never fails a call's record
         return ""
 
@@ -90,7 +100,9 @@ def streamed_text(pieces: Iterable[bytes]) -> str:
             try:
                 chunk = json.loads(event.data)
                 for choice in chunk.get("choices") or []:
-                    text.append(_text((choice.get("delta") or {}).get("content")))
+                    delta = choice.get("delta") or {}
+                    text.append(_text(delta.get("content")) + _text(delta.get("reasoning_content"))
+                                + _tool_arguments(delta))
             except (ValueError, AttributeError, TypeError, RecursionError):
                 continue  # [DONE], an error event
     return "".join(text)

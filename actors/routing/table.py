@@ -16,6 +16,7 @@ from typing import Any
 
 from actors.providers import ADAPTERS
 from config.settings import Settings
+from core import capabilities
 from core.backend import LoraAdapter
 from core.errors import GatewayError, model_not_found
 from core.errors import scope_forbids as core_scope_forbids
@@ -34,6 +35,7 @@ class Backend:
     wire: str  # what its deployment speaks: a provider adapter's name (``ADAPTERS``), ENGINE_WIRE or FINETUNE_WIRE
     in_house: bool = False
     finetune: LoraAdapter | None = None  # set once a fine-tune resolved to its base model's backend
+    capabilities: frozenset[str] = frozenset()  # beyond plain text (``core.capabilities``); a fine-tune has its base's
 
     @property
     def deployment(self) -> str:
@@ -42,10 +44,15 @@ class Backend:
 
 
 def unsupported(backend: Backend, body: dict[str, Any]) -> str | None:
-    """Why ``backend`` cannot honour the request as asked; in-house engines honour every field
-    the schema accepts."""
-    if backend.wire in (ENGINE_WIRE, FINETUNE_WIRE):
+    """Why ``backend`` cannot honour the request as asked: a capability its model lacks, or a
+    parameter its provider's API does not take. An unresolved fine-tune is checked once it is
+    resolved to its base model (``ChatService``)."""
+    if backend.wire == FINETUNE_WIRE:
         return None
+    name = backend.finetune.price_name if backend.finetune and backend.finetune.price_name else backend.model
+    reason = capabilities.lacking(backend.capabilities, body, name)
+    if reason is not None or backend.wire == ENGINE_WIRE:
+        return reason
     return ADAPTERS[backend.wire].unsupported(body)
 
 
@@ -131,13 +138,14 @@ def scope_forbids(scope: Scope, route: Route) -> GatewayError:
 def build_routing_table(settings: Settings, enabled_providers: Iterable[str]) -> RoutingTable:
     enabled = set(enabled_providers)
     models = {
-        model: Backend(model, name, provider.adapter, provider.in_house)
+        model: Backend(model, name, provider.adapter, provider.in_house,
+                       capabilities=frozenset(settings.card(model).supports))
         for name, provider in settings.providers.items()
         if name in enabled
         for model in provider.models
     }
-    models |= {model: Backend(model, IN_HOUSE_PROVIDER, ENGINE_WIRE, in_house=True)
-               for model in settings.served_in_house()}
+    models |= {model: Backend(model, IN_HOUSE_PROVIDER, ENGINE_WIRE, in_house=True, capabilities=spec.capabilities)
+               for model, spec in settings.served_in_house().items()}
     modes = {}
     for name, mode in settings.modes.items():
         available = tuple(

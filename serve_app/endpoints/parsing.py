@@ -34,11 +34,23 @@ def _is_union_member(part: str | int) -> bool:
                                       or part.startswith("constrained-") or "[" in part)
 
 
+# The tags of discriminated unions (a message's role, a content part's type): pydantic puts the
+# tag in an error's loc right after the list index, where the caller's JSON has no such key.
+UNION_TAGS = frozenset({"system", "user", "assistant", "tool", "text", "image_url", "refusal", "thinking",
+                        "redacted_thinking"})
+
+
+def _is_tag(loc: tuple, index: int) -> bool:
+    return 0 < index and isinstance(loc[index - 1], int) and loc[index] in UNION_TAGS
+
+
 def _as_gateway_error(error: ValidationError) -> GatewayError:
     errors = error.errors(include_url=False, include_input=False)
     # A union (``stop``, ``content``) reports one error per member: the deepest one says most.
     first = max((e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]), key=lambda e: len(e["loc"]))
-    where = ".".join(str(part) for part in first["loc"] if not _is_union_member(part))
+    loc = first["loc"]
+    where = ".".join(str(part) for index, part in enumerate(loc)
+                     if not _is_union_member(part) and not _is_tag(loc, index))
     if first["type"] == "json_invalid":
         return GatewayError(400, "The request body is not valid JSON.", code="invalid_json")
     if first["type"] == "model_type" and not first["loc"]:

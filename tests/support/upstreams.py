@@ -2,19 +2,49 @@
 
 One server answers all three under path prefixes (``/openai/v1``, ``/deepseek``,
 ``/anthropic``), plus, for tests that invent providers (third-party or OpenAI-compatible
-in-house servers), ``/any/<name>/v1`` (credential ``sk-test-any``). It records every request it receives, checks credentials the way each
-provider does, and can be scripted per model to fail in the ways real upstreams fail. The
-official SDKs are pointed at it in ``tests/unit/test_fake_upstreams.py`` to keep it honest."""
+in-house servers), ``/any/<name>/v1`` (credential ``sk-test-any``). It records every request it
+receives, checks credentials the way each provider does, validates what the real APIs validate
+where that is cheap, and can be scripted per model to fail in the ways real upstreams fail.
+The official SDKs are pointed at it in ``tests/unit/test_fake_upstreams.py`` to keep it honest.
+
+What it answers, unscripted (deterministic, so a real client's tool loop works as is):
+
+1. The request has tools, its last message is not a tool result, and tool_choice is not
+   "none": it calls the forced tool (a named one; "required"/"any": the first) or, for auto,
+   the first tool, with arguments generated from the tool's JSON schema (``instance_of``);
+   finish_reason ``tool_calls`` / stop_reason ``tool_use``.
+2. Structured output asked for (OpenAI ``response_format`` json_schema, Anthropic
+   ``output_config.format``): the content is an instance of the schema, as JSON text;
+   json_object: ``{"echo": "<last user text>"}``.
+3. The last message is a tool result: "Echo: <the tool result text>".
+4. Otherwise: "Echo: <last user text>" (or ``Behaviour.tokens`` tokens).
+
+Token counts: one token per prompt word (the uncached part), 85 per image; the cached and
+cache-written tokens a behaviour reports come on top (OpenAI and DeepSeek count them inside
+``prompt_tokens``, Anthropic beside ``input_tokens``). One completion token per answer word or
+JSON piece, one per 4 characters of tool arguments, plus the reasoning tokens (one per reasoning
+word unless ``Behaviour.reasoning_tokens`` says; reported as OpenAI's and DeepSeek's
+``completion_tokens_details.reasoning_tokens`` and Anthropic's ``output_tokens_details.thinking_tokens``).
+
+Reasoning: DeepSeek answers ``reasoning_content`` in thinking mode (``deepseek-reasoner``, or
+``thinking: enabled``) and, like the real API, then requires it back on assistant turns that
+called tools; Anthropic answers a thinking block when thinking is on, signed "sig-<hash>",
+and accepts a thinking block back only with a signature it issued (``issued_signatures``).
+OpenAI keeps its reasoning hidden and only counts it."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
+import re
 import socket
 import threading
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +57,9 @@ from starlette.routing import Route
 ANTHROPIC_VERSIONS = {"2023-06-01", "2026-10-21"}
 CREDENTIALS = {"openai": "sk-test-openai", "deepseek": "sk-test-deepseek", "anthropic": "sk-ant-test"}
 ANY_CREDENTIAL = "sk-test-any"
+IMAGE_TOKENS = 85  # what one image part counts, whatever its size
+DEFAULT_REASONING = "Let me think about this step by step."
+JSON_PIECE = 8  # structured-output content streams in pieces of this many characters
 
 
 @dataclass
@@ -41,13 +74,13 @@ class Recorded:
 
 @dataclass
 class Behaviour:
-    """What the fake does for one request. Defaults: a normal answer."""
+    """What the fake does for one request. Defaults: a normal answer (see the module doc)."""
 
     status: int = 200
-    mid_stream_error: bool = False  # stream a few tokens, then the provider's error event
-    truncate: bool = False  # stream a few tokens, then close without finishing
+    mid_stream_error: bool = False  # stream a few deltas, then the provider's error event
+    truncate: bool = False  # stream a few deltas, then close without finishing
     delay_s: float = 0.0  # wait before the response headers
-    gap_s: float = 0.0  # between streamed tokens
+    gap_s: float = 0.0  # between streamed deltas
     tokens: int | None = None  # answer length in tokens (default: echo the prompt)
     unparseable: bool = False  # a 200 whose JSON is an array (echoing the prompt), not the provider's shape
     # Hostile or broken upstreams (each after the credential check, with a 200):
@@ -55,35 +88,424 @@ class Behaviour:
     # piece, gap_s apart (so the gateway reads them separately).
     raw: bytes | list[bytes] | None = None
     comments_only: bool = False  # a stream of `: ping` comments and nothing else, for up to 60 s
-    stall_after: int | None = None  # stream this many tokens, then only comments, for up to 60 s
+    stall_after: int | None = None  # stream this many deltas, then only comments, for up to 60 s
     body_bytes: int = 0  # a body this large, sent in 64 KiB pieces (a stream: one SSE line)
+    # The whole API:
+    # (name, exact arguments JSON text) to call instead of the generated call; several = parallel.
+    tool_calls: list[tuple[str, str]] | None = None
+    fragment: int | None = None  # stream tool arguments in pieces of this many characters (None: whole)
+    reasoning: str | None = None  # DeepSeek reasoning_content / Anthropic thinking text (OpenAI: counted)
+    cached_tokens: int = 0  # prompt tokens read from the provider's cache
+    cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic reports these)
+    reasoning_tokens: int | None = None  # default: one per reasoning word
 
 
+# -- JSON schema instances -----------------------------------------------------------------
+_STRING_FORMATS = {"date-time": "2024-01-01T00:00:00Z", "date": "2024-01-01", "time": "00:00:00Z",
+                   "uri": "https://example.com", "email": "x@example.com",
+                   "uuid": "00000000-0000-4000-8000-000000000000"}
+
+
+def instance_of(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """A value valid for ``schema``, as pydantic and tool definitions write them: an object gets
+    every property, a string "x" (or an enum's first value), integer 1, number 1.5, boolean
+    true, an array one item; ``$ref`` into ``$defs`` is followed, anyOf/oneOf take the first."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > 32:
+        return "x"
+    if "$ref" in schema:
+        target: Any = root
+        for key in schema["$ref"].removeprefix("#/").split("/"):
+            target = target.get(key, {}) if key else target
+        return instance_of(target, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combined in ("anyOf", "oneOf", "allOf"):
+        if schema.get(combined):
+            return instance_of(schema[combined][0], root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    if kind == "object":
+        return {name: instance_of(sub, root, depth + 1) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        if schema.get("prefixItems"):
+            return [instance_of(item, root, depth + 1) for item in schema["prefixItems"]]
+        return [instance_of(schema.get("items", {}), root, depth + 1)] * max(1, schema.get("minItems", 1))
+    if kind == "string":
+        return _STRING_FORMATS.get(schema.get("format"), "x" * max(1, schema.get("minLength", 1)))
+    if kind == "integer":
+        return max(1, math.ceil(schema.get("minimum", 1)))
+    if kind == "number":
+        return max(1.5, schema.get("minimum", 1.5))
+    if kind == "boolean":
+        return True
+    return None
+
+
+# -- reading requests ----------------------------------------------------------------------
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return " ".join(_text_of(part.get("content")) if part.get("type") == "tool_result"
+                        else part.get("text", "") for part in content if isinstance(part, dict))
     return ""
 
 
-def _answer_words(body: dict[str, Any], behaviour: Behaviour) -> list[str]:
-    if behaviour.tokens is not None:
-        return [f"tok{i} " for i in range(behaviour.tokens)]
-    last_user = next((m for m in reversed(body.get("messages", [])) if m.get("role") == "user"), {})
-    return [w + " " for w in f"Echo: {_text_of(last_user.get('content'))}".split()]
+def _images_in(content: Any) -> int:
+    if not isinstance(content, list):
+        return 0
+    return sum(1 if part.get("type") in ("image_url", "image") else _images_in(part.get("content"))
+               for part in content if isinstance(part, dict))
 
 
 def _prompt_tokens(body: dict[str, Any]) -> int:
-    words = sum(len(_text_of(m.get("content")).split()) for m in body.get("messages", []))
-    return words + len(str(body.get("system", "")).split())
+    """The uncached prompt: its words, and a fixed count per image."""
+    messages = body.get("messages", [])
+    words = sum(len(_text_of(m.get("content")).split()) for m in messages)
+    images = sum(_images_in(m.get("content")) for m in messages)
+    return words + len(_text_of(body.get("system", "")).split()) + IMAGE_TOKENS * images
 
 
+def _is_tool_result_turn(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return message.get("role") == "tool" or (
+        message.get("role") == "user" and isinstance(content, list)
+        and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content))
+
+
+@dataclass
+class Asked:
+    """What a request asks for, whichever provider's dialect it is in."""
+
+    tools: list[tuple[str, Any]]  # (name, JSON schema of the arguments)
+    choice: str | None  # None (no tool call), "auto", "required" or the forced tool's name
+    parallel: bool
+    tool_results: list[str] | None  # the texts, when the last turn is tool results
+    output_schema: Any = None
+    json_object: bool = False
+    last_user_text: str = ""
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    last = next((m for m in reversed(body.get("messages", []))
+                 if m.get("role") == "user" and not _is_tool_result_turn(m)), {})
+    return _text_of(last.get("content"))
+
+
+def _tool_results(body: dict[str, Any]) -> list[str] | None:
+    messages = body.get("messages", [])
+    if not messages or not _is_tool_result_turn(messages[-1]):
+        return None
+    if messages[-1].get("role") == "user":
+        return [_text_of(b.get("content")) for b in messages[-1]["content"] if b.get("type") == "tool_result"]
+    results = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.insert(0, _text_of(message.get("content")))
+    return results
+
+
+def _asked_openai(body: dict[str, Any]) -> Asked:
+    tools = [(t["function"]["name"], t["function"].get("parameters", {"type": "object", "properties": {}}))
+             for t in body.get("tools") or [] if t.get("type") == "function"]
+    choice = body.get("tool_choice", "auto")
+    if isinstance(choice, dict):
+        choice = choice.get("function", {}).get("name")
+    response_format = body.get("response_format") or {}
+    schema = (response_format.get("json_schema") or {}).get("schema", {}) \
+        if response_format.get("type") == "json_schema" else None
+    return Asked(tools, None if choice == "none" else choice, body.get("parallel_tool_calls", True),
+                 _tool_results(body), schema, response_format.get("type") == "json_object",
+                 _last_user_text(body))
+
+
+def _asked_anthropic(body: dict[str, Any]) -> Asked:
+    tools = [(t["name"], t["input_schema"]) for t in body.get("tools") or [] if "input_schema" in t]
+    tool_choice = body.get("tool_choice") or {"type": "auto"}
+    choices = {"auto": "auto", "any": "required", "none": None}
+    choice = choices.get(tool_choice["type"], tool_choice.get("name"))
+    output_format = (body.get("output_config") or {}).get("format") or {}
+    return Asked(tools, choice, not tool_choice.get("disable_parallel_tool_use", False),
+                 _tool_results(body), output_format.get("schema"), False, _last_user_text(body))
+
+
+# -- what to answer ------------------------------------------------------------------------
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+    def pieces(self, fragment: int | None) -> list[str]:
+        size = fragment or max(1, len(self.arguments))
+        return [self.arguments[i:i + size] for i in range(0, len(self.arguments), size)] or [""]
+
+
+@dataclass
+class Answer:
+    pieces: list[str]  # the content, in streamed pieces ("" joined)
+    tool_calls: list[ToolCall]
+    reasoning: str | None
+    reasoning_tokens: int
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def content_tokens(self) -> int:
+        return len(self.pieces) + sum(math.ceil(len(c.arguments) / 4) for c in self.tool_calls)
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.content_tokens + self.reasoning_tokens
+
+
+def _spaced_words(text: str) -> list[str]:
+    """``text`` in word pieces that join back to exactly ``text``."""
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+def _echo(text: str) -> list[str]:
+    return [w + " " for w in f"Echo: {text}".split()]
+
+
+def _json_pieces(value: Any) -> list[str]:
+    text = json.dumps(value)
+    return [text[i:i + JSON_PIECE] for i in range(0, len(text), JSON_PIECE)]
+
+
+def _answer(asked: Asked, behaviour: Behaviour, reasoning: str | None, id_prefix: str) -> Answer:
+    reasoning_tokens = behaviour.reasoning_tokens
+    if reasoning_tokens is None:
+        reasoning_tokens = len(reasoning.split()) if reasoning else 0
+    calls: list[tuple[str, str]] = []
+    if behaviour.tool_calls:
+        calls = list(behaviour.tool_calls)
+    elif asked.tools and asked.tool_results is None and asked.choice is not None:
+        schemas = dict(asked.tools)
+        name = asked.choice if asked.choice in schemas else asked.tools[0][0]
+        calls = [(name, json.dumps(instance_of(schemas[name])))]
+    if not asked.parallel:
+        calls = calls[:1]
+    if calls:
+        tool_calls = [ToolCall(f"{id_prefix}{uuid.uuid4().hex[:24]}", name, arguments)
+                      for name, arguments in calls]
+        return Answer([], tool_calls, reasoning, reasoning_tokens)
+    if behaviour.tokens is not None:
+        pieces = [f"tok{i} " for i in range(behaviour.tokens)]
+    elif asked.output_schema is not None:
+        pieces = _json_pieces(instance_of(asked.output_schema))
+    elif asked.json_object:
+        pieces = _json_pieces({"echo": asked.last_user_text})
+    elif asked.tool_results is not None:
+        pieces = _echo(" ".join(asked.tool_results))
+    else:
+        pieces = _echo(asked.last_user_text)
+    return Answer(pieces, [], reasoning, reasoning_tokens)
+
+
+def signature_for(thinking: str) -> str:
+    return "sig-" + hashlib.sha256(thinking.encode()).hexdigest()[:40]
+
+
+Step = tuple[bytes, bool]  # an SSE event, and whether it is a delta (paced, counted)
+
+
+async def _paced(steps: list[Step], behaviour: Behaviour, error_event: bytes,
+                 anthropic: bool) -> AsyncIterator[bytes | None]:
+    """The steps as the behaviour paces them; only counted steps (deltas) count for
+    ``stall_after`` and the failure after two deltas. Yields None where the stream must end."""
+    index = 0
+    for payload, counted in steps:
+        if counted:
+            if index == behaviour.stall_after:
+                async for comment in _comments(anthropic):
+                    yield comment
+            if (behaviour.mid_stream_error or behaviour.truncate) and index == 2:
+                if behaviour.mid_stream_error:
+                    yield error_event
+                yield None
+                return
+            if behaviour.gap_s:
+                await asyncio.sleep(behaviour.gap_s)
+            index += 1
+        yield payload
+
+
+# -- validation the real APIs do -----------------------------------------------------------
+class Rejected(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message, self.param, self.status = message, param, status
+
+
+_OPENAI_MESSAGE_FIELDS = {
+    "system": {"role", "content", "name"}, "developer": {"role", "content", "name"},
+    "user": {"role", "content", "name"},
+    "assistant": {"role", "content", "name", "tool_calls", "refusal", "audio", "function_call",
+                  "annotations"},
+    "tool": {"role", "content", "tool_call_id"},
+}
+_OPENAI_PART_FIELDS = {"text": {"type", "text"}, "image_url": {"type", "image_url"},
+                       "input_audio": {"type", "input_audio"}, "file": {"type", "file"},
+                       "refusal": {"type", "refusal"}}
+
+
+def _check_openai_fields(body: dict[str, Any]) -> None:
+    """OpenAI refuses fields it does not know (NeuroAPI's own ones included)."""
+    for i, message in enumerate(body.get("messages", [])):
+        allowed = _OPENAI_MESSAGE_FIELDS.get(message.get("role"), set())
+        for name in message:
+            if name not in allowed:
+                raise Rejected(f"Unknown parameter: 'messages[{i}].{name}'.", f"messages[{i}].{name}")
+        for j, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
+            for name in part:
+                if name not in _OPENAI_PART_FIELDS.get(part.get("type"), {"type"}):
+                    raise Rejected(f"Unknown parameter: 'messages[{i}].content[{j}].{name}'.",
+                                   f"messages[{i}].content[{j}].{name}")
+
+
+def _check_openai_tool_turns(body: dict[str, Any]) -> None:
+    """Tool messages answer the assistant turn just before them, every one of its calls."""
+    messages = body.get("messages", [])
+    for i, message in enumerate(messages):
+        if message.get("role") == "tool":
+            previous = next((m for m in reversed(messages[:i]) if m.get("role") != "tool"), {})
+            ids = {c.get("id") for c in previous.get("tool_calls") or []}
+            if message.get("tool_call_id") not in ids:
+                raise Rejected("Invalid parameter: messages with role 'tool' must be a response to a "
+                               "preceeding message with 'tool_calls'.", f"messages.[{i}].role")
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            answered = set()
+            for later in messages[i + 1:]:
+                if later.get("role") != "tool":
+                    break
+                answered.add(later.get("tool_call_id"))
+            missing = [c.get("id") for c in message["tool_calls"] if c.get("id") not in answered]
+            if missing:
+                raise Rejected("An assistant message with 'tool_calls' must be followed by tool messages "
+                               "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                               f"response messages: {', '.join(map(str, missing))}", "messages")
+
+
+def _deepseek_thinking(body: dict[str, Any]) -> bool:
+    thinking = (body.get("thinking") or {}).get("type")
+    return thinking == "enabled" or ("reasoner" in body.get("model", "") and thinking != "disabled")
+
+
+def _check_deepseek(body: dict[str, Any]) -> None:
+    for message in body.get("messages", []):
+        for part in message.get("content") if isinstance(message.get("content"), list) else []:
+            if part.get("type") != "text":
+                raise Rejected("Failed to deserialize the JSON body into the target type: messages: "
+                               f"unknown variant `{part.get('type')}`, expected `text`", status=422)
+    if (body.get("response_format") or {}).get("type") not in (None, "text", "json_object"):
+        raise Rejected("This response_format type is unavailable now")
+    if _deepseek_thinking(body) and any(m.get("role") == "assistant" and m.get("tool_calls")
+                                        and "reasoning_content" not in m for m in body.get("messages", [])):
+        raise Rejected("The `reasoning_content` in the thinking mode must be passed back to the API.")
+
+
+def _thinking_on(body: dict[str, Any]) -> bool:
+    return (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+
+
+def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message.get("content")
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _check_anthropic(body: dict[str, Any], issued: set[str]) -> None:
+    """What the Messages API checks that a translation can get wrong."""
+    thinking = body.get("thinking")
+    if thinking is not None:
+        if thinking.get("type") not in ("enabled", "disabled", "adaptive"):
+            raise Rejected("thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'")
+        if thinking["type"] == "enabled":
+            budget = thinking.get("budget_tokens")
+            if not isinstance(budget, int) or budget < 1024:
+                raise Rejected("thinking.enabled.budget_tokens: Input should be greater than or equal "
+                               "to 1024")
+            if budget >= body["max_tokens"]:
+                raise Rejected("`max_tokens` must be greater than `thinking.budget_tokens`.")
+    if _thinking_on(body) and (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        raise Rejected("Thinking may not be enabled when tool_choice forces tool use.")
+    format_ = (body.get("output_config") or {}).get("format")
+    if format_ is not None and (format_.get("type") != "json_schema"
+                                or not isinstance(format_.get("schema"), dict)):
+        raise Rejected("output_config.format: a json_schema format needs a schema object")
+    messages = body.get("messages", [])
+    cache_points = 1 if body.get("cache_control") else 0
+    cache_points += sum(1 for t in body.get("tools") or [] if t.get("cache_control"))
+    system = body.get("system")
+    cache_points += sum(1 for b in system if b.get("cache_control")) if isinstance(system, list) else 0
+    last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+    for i, message in enumerate(messages):
+        blocks = _blocks(message)
+        cache_points += sum(1 for b in blocks if b.get("cache_control"))
+        for block in blocks:
+            _check_anthropic_block(block, i, issued)
+        uses = [b["id"] for b in blocks if b.get("type") == "tool_use"]
+        results = [b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"]
+        if results:
+            previous = _blocks(messages[i - 1]) if i and messages[i - 1].get("role") == "assistant" else []
+            asked_for = {b.get("id") for b in previous if b.get("type") == "tool_use"}
+            if message.get("role") != "user" or any(r not in asked_for for r in results):
+                raise Rejected(f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` "
+                               "blocks. Each `tool_result` block must have a corresponding `tool_use` block in the "
+                               "previous message.")
+            if any(b.get("type") != "tool_result" for b in blocks[:len(results)]):
+                raise Rejected(f"messages.{i}.content: `tool_result` blocks must come first in the content.")
+        if uses and i + 1 < len(messages):
+            answered = {b.get("tool_use_id") for b in _blocks(messages[i + 1])
+                        if b.get("type") == "tool_result"}
+            if any(u not in answered for u in uses):
+                raise Rejected(f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                               "immediately after.")
+        if uses and i == last_assistant and _thinking_on(body) and \
+                blocks[0].get("type") not in ("thinking", "redacted_thinking"):
+            raise Rejected(f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but "
+                           f"found `{blocks[0].get('type')}`. When `thinking` is enabled, a final `assistant` "
+                           "message must start with a thinking block.")
+    if cache_points > 4:
+        raise Rejected(f"A maximum of 4 blocks with cache_control may be provided. Found {cache_points}.")
+
+
+def _check_anthropic_block(block: dict[str, Any], i: int, issued: set[str]) -> None:
+    kind = block.get("type")
+    cache = block.get("cache_control")
+    if cache is not None and (cache.get("type") != "ephemeral" or cache.get("ttl", "5m") not in ("5m", "1h")):
+        raise Rejected(f"messages.{i}.content: cache_control must be ephemeral with ttl 5m or 1h")
+    if kind == "thinking":
+        signature = block.get("signature")
+        if signature not in issued or signature != signature_for(block.get("thinking", "")):
+            raise Rejected(f"messages.{i}.content: Invalid `signature` in `thinking` block")
+    if kind == "image":
+        source = block.get("source") or {}
+        valid = (source.get("type") == "base64" and isinstance(source.get("data"), str)
+                 and source.get("media_type") in ("image/jpeg", "image/png", "image/gif", "image/webp")) \
+            or (source.get("type") == "url" and isinstance(source.get("url"), str))
+        if not valid:
+            raise Rejected(f"messages.{i}.content: an image source is base64 (media_type, data) or url")
+
+
+# -- the server ----------------------------------------------------------------------------
 @dataclass
 class FakeUpstreams:
     host: str = "127.0.0.1"
     port: int = 0
     requests: list[Recorded] = field(default_factory=list)
+    # Every thinking signature this fake has issued (kept across resets: a caller may send a
+    # turn back after a reset); a thinking block is accepted back only with one of these.
+    issued_signatures: set[str] = field(default_factory=set)
     _scripts: dict[str, deque[Behaviour]] = field(default_factory=lambda: defaultdict(deque))
 
     # -- control ---------------------------------------------------------------------------
@@ -154,54 +576,89 @@ class FakeUpstreams:
         recorded, behaviour = await self._record(provider, request)
         if request.headers.get("authorization") != f"Bearer {credential or CREDENTIALS[provider]}":
             return _openai_error(401, "Incorrect API key provided: sk-te***. ", "invalid_api_key")
+        body = recorded.body
+        try:
+            if provider == "openai":
+                _check_openai_fields(body)
+            if provider == "deepseek":
+                _check_deepseek(body)
+            _check_openai_tool_turns(body)
+        except Rejected as rejected:
+            return _openai_error(rejected.status, rejected.message, "invalid_request_error", rejected.param)
         if behaviour.status != 200:
             return _openai_error(behaviour.status, f"fake failure {behaviour.status}", "fake_error")
-        body = recorded.body
         if behaviour.unparseable:
             return _unparseable(body, behaviour)
         if _hostile(behaviour):
             return _hostile_answer(body, behaviour)
-        words = _answer_words(body, behaviour)
-        usage = {"prompt_tokens": _prompt_tokens(body), "completion_tokens": len(words),
-                 "total_tokens": _prompt_tokens(body) + len(words)}
+        # Reasoning text: DeepSeek's thinking mode and OpenAI-compatible servers show it;
+        # OpenAI's reasoning models keep it hidden (only counted).
+        reasoning = behaviour.reasoning
+        if provider == "deepseek" and reasoning is None and _deepseek_thinking(body):
+            reasoning = DEFAULT_REASONING
+        shown_reasoning = reasoning if provider != "openai" else None
+        answer = _answer(_asked_openai(body), behaviour, reasoning, "call_")
+        choices = max(1, body.get("n") or 1)
+        usage = _openai_usage(provider, _prompt_tokens(body), answer, behaviour, choices)
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
+        finish = "tool_calls" if answer.tool_calls else "stop"
+        logprobs = bool(body.get("logprobs"))
+        top = body.get("top_logprobs") or 0
         if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": None if answer.tool_calls else answer.text,
+                                       "refusal": None, "annotations": []}
+            if answer.tool_calls:
+                message["tool_calls"] = [{"id": c.id, "type": "function",
+                                          "function": {"name": c.name, "arguments": c.arguments}}
+                                         for c in answer.tool_calls]
+            if shown_reasoning is not None:
+                message["reasoning_content"] = shown_reasoning
             return JSONResponse({
                 "id": completion_id, "object": "chat.completion", "created": created,
                 "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words),
-                                                     "refusal": None, "annotations": []},
-                             "logprobs": None, "finish_reason": "stop"}],
+                "choices": [{"index": i, "message": message,
+                             "logprobs": _logprobs(answer.pieces, top) if logprobs else None,
+                             "finish_reason": finish} for i in range(choices)],
                 "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake",
             })
         include_usage = (body.get("stream_options") or {}).get("include_usage", False)
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None, piece: str | None = None) -> bytes:
             payload: dict[str, Any] = {
                 "id": completion_id, "object": "chat.completion.chunk", "created": created,
                 "model": body["model"], "service_tier": "default", "system_fingerprint": "fp_fake",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": i, "delta": delta,
+                             "logprobs": _logprobs([piece], top) if logprobs and piece is not None else None,
+                             "finish_reason": finish_reason} for i in range(choices)],
             }
             if include_usage:
                 payload["usage"] = None
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
+        opening = {"role": "assistant", "content": None if answer.tool_calls else "", "refusal": None}
+        steps: list[tuple[bytes, bool]] = [(chunk(opening), False)]
+        for word in _spaced_words(shown_reasoning or ""):
+            steps.append((chunk({"content": None, "reasoning_content": word}), True))
+        for word in answer.pieces:
+            delta = {"content": word, "reasoning_content": None} if shown_reasoning else {"content": word}
+            steps.append((chunk(delta, piece=word), True))
+        for index, call in enumerate(answer.tool_calls):
+            steps.append((chunk({"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                                                 "function": {"name": call.name, "arguments": ""}}]}), True))
+            for piece in call.pieces(behaviour.fragment):
+                fragment = {"index": index, "function": {"arguments": piece}}
+                steps.append((chunk({"tool_calls": [fragment]}), True))
+        error_event = (b'data: {"error": {"message": "The server had an error while processing your request.", '
+                       b'"type": "server_error", "param": null, "code": null}}\n\n')
+
         async def events():
             try:
-                yield chunk({"role": "assistant", "content": "", "refusal": None})
-                for index, word in enumerate(words):
-                    if index == behaviour.stall_after:
-                        async for comment in _comments():
-                            yield comment
-                    if (behaviour.mid_stream_error or behaviour.truncate) and index == 2:
-                        if behaviour.mid_stream_error:
-                            yield b'data: {"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}}\n\n'
+                async for payload in _paced(steps, behaviour, error_event, anthropic=False):
+                    if payload is None:
                         return
-                    if behaviour.gap_s:
-                        await asyncio.sleep(behaviour.gap_s)
-                    yield chunk({"content": word})
-                yield chunk({}, "stop")
+                    yield payload
+                yield chunk({}, finish)
                 if include_usage:
                     yield b"data: " + json.dumps({
                         "id": completion_id, "object": "chat.completion.chunk", "created": created,
@@ -228,6 +685,10 @@ class FakeUpstreams:
             return _anthropic_error(400, "invalid_request_error", "max_tokens: Field required")
         if any(m.get("role") not in ("user", "assistant") for m in body.get("messages", [])):
             return _anthropic_error(400, "invalid_request_error", "messages: Unexpected role")
+        try:
+            _check_anthropic(body, self.issued_signatures)
+        except Rejected as rejected:
+            return _anthropic_error(400, "invalid_request_error", rejected.message)
         if behaviour.status != 200:
             kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(behaviour.status, "api_error")
             return _anthropic_error(behaviour.status, kind, f"fake failure {behaviour.status}")
@@ -235,53 +696,121 @@ class FakeUpstreams:
             return _unparseable(body, behaviour)
         if _hostile(behaviour):
             return _hostile_answer(body, behaviour, anthropic=True)
-        words = _answer_words(body, behaviour)
+        reasoning = behaviour.reasoning
+        if reasoning is None and _thinking_on(body):
+            reasoning = DEFAULT_REASONING
+        answer = _answer(_asked_anthropic(body), behaviour, reasoning, "toolu_")
+        signature = signature_for(reasoning) if reasoning is not None else None
+        if signature is not None:
+            self.issued_signatures.add(signature)
         message_id = "msg_" + uuid.uuid4().hex[:24]
-        input_tokens = _prompt_tokens(body)
+        usage = {"input_tokens": _prompt_tokens(body),
+                 "cache_creation_input_tokens": behaviour.cache_write_tokens,
+                 "cache_read_input_tokens": behaviour.cached_tokens,
+                 "cache_creation": {"ephemeral_5m_input_tokens": behaviour.cache_write_tokens,
+                                    "ephemeral_1h_input_tokens": 0},
+                 "output_tokens": answer.completion_tokens, "service_tier": "standard"}
+        if reasoning is not None or behaviour.reasoning_tokens is not None:
+            # Thinking counts inside output_tokens, and is reported on its own too.
+            usage["output_tokens_details"] = {"thinking_tokens": answer.reasoning_tokens}
+        stop_reason = "tool_use" if answer.tool_calls else "end_turn"
         if not body.get("stream"):
+            content: list[dict[str, Any]] = []
+            if reasoning is not None:
+                content.append({"type": "thinking", "thinking": reasoning, "signature": signature})
+            if answer.pieces or not answer.tool_calls:
+                content.append({"type": "text", "text": answer.text})
+            content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": json.loads(c.arguments)}
+                        for c in answer.tool_calls]
             return JSONResponse({
                 "id": message_id, "type": "message", "role": "assistant", "model": body["model"],
-                "content": [{"type": "text", "text": "".join(words)}],
-                "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
-                          "cache_read_input_tokens": 0, "output_tokens": len(words)},
+                "content": content, "stop_reason": stop_reason, "stop_sequence": None, "usage": usage,
             })
 
         def event(name: str, data: dict[str, Any]) -> bytes:
             return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
+        def delta(index: int, payload: dict[str, Any]) -> Step:
+            data = {"type": "content_block_delta", "index": index, "delta": payload}
+            return event("content_block_delta", data), True
+
+        def block(index: int, start: dict[str, Any], deltas: list[Step]) -> list[Step]:
+            opened = event("content_block_start", {"type": "content_block_start", "index": index,
+                                                   "content_block": start})
+            closed = event("content_block_stop", {"type": "content_block_stop", "index": index})
+            return [(opened, False), *deltas, (closed, False)]
+
+        steps: list[Step] = []
+        index = 0
+        if reasoning is not None:
+            steps += block(index, {"type": "thinking", "thinking": "", "signature": ""},
+                           [delta(index, {"type": "thinking_delta", "thinking": word})
+                            for word in _spaced_words(reasoning)]
+                           + [delta(index, {"type": "signature_delta", "signature": signature})])
+            index += 1
+        if answer.pieces or not answer.tool_calls:
+            text = block(index, {"type": "text", "text": ""},
+                         [delta(index, {"type": "text_delta", "text": w}) for w in answer.pieces])
+            steps += [text[0], (event("ping", {"type": "ping"}), False), *text[1:]]
+            index += 1
+        for call in answer.tool_calls:
+            steps += block(index, {"type": "tool_use", "id": call.id, "name": call.name, "input": {}},
+                           [delta(index, {"type": "input_json_delta", "partial_json": piece})
+                            for piece in call.pieces(behaviour.fragment)])
+            index += 1
+        start_usage = dict(usage, output_tokens=1)
+        error_event = event("error", {"type": "error",
+                                      "error": {"type": "overloaded_error", "message": "Overloaded"}})
+
         async def events():
             try:
                 yield event("message_start", {"type": "message_start", "message": {
                     "id": message_id, "type": "message", "role": "assistant", "model": body["model"],
-                    "content": [], "stop_reason": None, "stop_sequence": None,
-                    "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
-                              "cache_read_input_tokens": 0, "output_tokens": 1}}})
-                yield event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                    "content_block": {"type": "text", "text": ""}})
-                yield event("ping", {"type": "ping"})
-                for index, word in enumerate(words):
-                    if index == behaviour.stall_after:
-                        async for ping in _comments(anthropic=True):
-                            yield ping
-                    if (behaviour.mid_stream_error or behaviour.truncate) and index == 2:
-                        if behaviour.mid_stream_error:
-                            yield event("error", {"type": "error", "error": {
-                                "type": "overloaded_error", "message": "Overloaded"}})
+                    "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}})
+                async for payload in _paced(steps, behaviour, error_event, anthropic=True):
+                    if payload is None:
                         return
-                    if behaviour.gap_s:
-                        await asyncio.sleep(behaviour.gap_s)
-                    yield event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                        "delta": {"type": "text_delta", "text": word}})
-                yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                    yield payload
                 yield event("message_delta", {"type": "message_delta",
-                                              "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                              "usage": {"output_tokens": len(words)}})
+                                              "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                                              "usage": {k: usage[k] for k in (
+                                                  "input_tokens", "cache_creation_input_tokens",
+                                                  "cache_read_input_tokens", "output_tokens",
+                                                  "output_tokens_details") if k in usage}})
                 yield event("message_stop", {"type": "message_stop"})
             finally:
                 recorded.closed_at = time.monotonic()
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _openai_usage(provider: str, uncached: int, answer: Answer, behaviour: Behaviour,
+                  choices: int) -> dict[str, Any]:
+    """OpenAI's usage (cached tokens inside prompt_tokens, reasoning inside completion_tokens);
+    DeepSeek adds its prompt_cache_hit/miss counts and reports reasoning only when it reasoned."""
+    prompt = uncached + behaviour.cached_tokens
+    completion = answer.completion_tokens * choices
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion,
+                             "prompt_tokens_details": {"cached_tokens": behaviour.cached_tokens}}
+    reasoning = {"reasoning_tokens": answer.reasoning_tokens * choices}
+    if provider == "deepseek":
+        usage.update(prompt_cache_hit_tokens=behaviour.cached_tokens, prompt_cache_miss_tokens=uncached)
+        if answer.reasoning is not None or behaviour.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = reasoning
+        return usage
+    usage["prompt_tokens_details"]["audio_tokens"] = 0
+    usage["completion_tokens_details"] = dict(reasoning, audio_tokens=0, accepted_prediction_tokens=0,
+                                              rejected_prediction_tokens=0)
+    return usage
+
+
+def _logprobs(pieces: list[str], top: int) -> dict[str, Any]:
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {"content": [dict(entry(p, -0.5), top_logprobs=[entry(p, -0.5 - i) for i in range(top)])
+                        for p in pieces], "refusal": None}
 
 
 def _hostile(behaviour: Behaviour) -> bool:
@@ -324,15 +853,16 @@ def _hostile_answer(body: dict[str, Any], behaviour: Behaviour, anthropic: bool 
 
 
 def _unparseable(body: dict[str, Any], behaviour: Behaviour) -> Response:
-    answer = json.dumps(["".join(_answer_words(body, behaviour))])
+    answer = json.dumps(["".join(_echo(_last_user_text(body)) if behaviour.tokens is None
+                                 else [f"tok{i} " for i in range(behaviour.tokens)])])
     if body.get("stream"):
         return Response(f"data: {answer}\n\n", media_type="text/event-stream")
     return Response(answer, media_type="application/json")
 
 
-def _openai_error(status: int, message: str, code: str) -> JSONResponse:
+def _openai_error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}},
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
                         status_code=status)
 
 

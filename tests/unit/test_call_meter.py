@@ -16,7 +16,6 @@ from actors.metering.call_meter import (
 from config.catalog import Price
 from core.backend import Usage
 from core.errors import GatewayError, model_not_found
-from serve_app.endpoints.chat.schema import ChatMessage
 
 PRICES = {"gpt-4o-mini": Price(input=150000, output=600000)}  # US$0.15 / US$0.60 per million tokens
 FINETUNE_PRICE = Price(input=1000000, output=2000000)
@@ -115,10 +114,15 @@ def test_a_call_rejected_before_its_key_was_known_has_no_account():
 
 # ---- the text tokens are estimated from ------------------------------------------------------
 
-def test_prompt_text_joins_the_messages_and_their_text_parts():
-    messages = [ChatMessage(role="system", content="Be brief."),
-                ChatMessage(role="user", content=[{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}])]
-    assert prompt_text(messages) == "Be brief.\nHello there"
+def test_prompt_text_joins_the_messages_their_text_parts_and_tool_calls():
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Hello"},
+                                             {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+                                             {"type": "text", "text": "there"}]},
+                {"role": "assistant", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    assert prompt_text(messages) == 'Be brief.\nHello  there\nweather {"city": "Oslo"}\nsunny'
     assert prompt_text([]) == ""
 
 

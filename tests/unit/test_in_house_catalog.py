@@ -40,7 +40,8 @@ def test_one_yaml_entry_adds_an_unpriced_in_house_model_to_routing(tmp_path):
     assert "my-model" not in settings.prices
     table = build_routing_table(settings, [])
     backend = table.resolve("my-model").candidates[0].backend
-    assert backend == Backend("my-model", "inhouse", "engine", in_house=True)
+    assert backend == Backend("my-model", "inhouse", "engine", in_house=True,
+                              capabilities=frozenset({"forced_tools", "json_object", "json_schema"}))
     assert backend.deployment == "Model-my-model"
     table = build_routing_table(settings, ALL_PROVIDERS)
     assert table.listing(Scope(in_house_only=True)) == ["private", "my-model", "smollm2-135m-instruct"]

@@ -1,16 +1,20 @@
-"""The wire schema of OpenAI's Chat Completions request.
+"""The wire schema of OpenAI's Chat Completions request: the whole API a current official SDK
+can send, each field honoured or refused by name.
 
 Strict on purpose: a parameter NeuroAPI would not honour is a 400 that names it, never silently
 dropped, and a value of the wrong JSON type is a 400 too (no coercion: ``"10"`` is not a
 number, ``1`` is not ``true``; an integer where a number is expected is fine). Sizes and
-numbers are bounded so nothing absurd is forwarded upstream. ``mode`` is our one addition to
-OpenAI's request."""
+numbers are bounded so nothing absurd is forwarded upstream. NeuroAPI's additions: ``mode``;
+``cache_control`` on content parts (Anthropic's prompt caching); an assistant message's
+``reasoning_content`` and ``thinking_blocks`` (our own answer fields, sent back by callers so a
+tool loop with Anthropic thinking keeps its signed blocks). Whether the chosen model can honour
+what the request uses is the router's question (``core.capabilities``), not the schema's."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from serve_app.endpoints.parsing import Strict, parse_body
 
@@ -19,35 +23,182 @@ MAX_TOKENS_CAP = 1_000_000
 MAX_MESSAGES = 10_000
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 1_000
+MAX_TOOLS = 128  # OpenAI's own limit
+MAX_TOOL_CALLS = 128
+MAX_PARTS = 1_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for tool and schema names
+ShortText = Annotated[str, Field(max_length=256)]
+
+_NO_STORE = ("'store': true is not supported: NeuroAPI never keeps prompts or completions "
+             "(see the Security & data page), so completions cannot be stored")
 
 
-class ChatMessage(Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, str]]
-    name: str | None = Field(default=None, max_length=256)
+class CacheControl(Strict):
+    """Anthropic's prompt-cache breakpoint; passed to Anthropic models, meaningless elsewhere."""
 
-    @field_validator("content", mode="before")
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+    cache_control: CacheControl | None = None
+
+
+class ImageUrl(Strict):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+    @field_validator("url")
     @classmethod
-    def _text_only(cls, content: Any) -> Any:
-        if isinstance(content, list):
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise ValueError(f"only text content parts are supported, not '{kind}'")
-                if not isinstance(part.get("text"), str) or set(part) != {"type", "text"}:
-                    raise ValueError("a text part is exactly {\"type\": \"text\", \"text\": \"...\"}")
-        return content
+    def _https_or_data(cls, url: str) -> str:
+        # The provider fetches an https image itself; NeuroAPI never requests a caller's address.
+        if not (url.startswith("https://") or url.startswith("data:image/")):
+            raise ValueError("an image must be an https:// URL or a data:image/...;base64 URL")
+        if url.startswith("data:") and ";base64," not in url[:100]:
+            raise ValueError("a data: image URL must be base64 (data:image/png;base64,...)")
+        return url
+
+
+class ImagePart(Strict):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+    cache_control: CacheControl | None = None
+
+
+class RefusalPart(Strict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+TextParts = Annotated[list[TextPart], Field(min_length=1, max_length=MAX_PARTS)]
+UserParts = Annotated[list[Annotated[TextPart | ImagePart, Field(discriminator="type")]],
+                      Field(min_length=1, max_length=MAX_PARTS)]
+AssistantParts = Annotated[list[Annotated[TextPart | RefusalPart, Field(discriminator="type")]],
+                           Field(min_length=1, max_length=MAX_PARTS)]
+
+
+class SystemMessage(Strict):
+    role: Literal["system", "developer"]
+    content: str | TextParts
+    name: ShortText | None = None
+
+
+class UserMessage(Strict):
+    role: Literal["user"]
+    content: str | UserParts
+    name: ShortText | None = None
+
+
+class FunctionCall(Strict):
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(Strict):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class ThinkingBlock(Strict):
+    type: Literal["thinking"]
+    thinking: str
+    signature: str
+
+
+class RedactedThinkingBlock(Strict):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+class AssistantMessage(Strict):
+    role: Literal["assistant"]
+    content: str | AssistantParts | None = None
+    name: ShortText | None = None
+    refusal: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1, max_length=MAX_TOOL_CALLS)] | None = None
+    reasoning_content: str | None = None
+    thinking_blocks: list[Annotated[ThinkingBlock | RedactedThinkingBlock, Field(discriminator="type")]] | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> AssistantMessage:
+        if self.content is None and not self.tool_calls and self.refusal is None:
+            raise ValueError("an assistant message needs content, tool_calls or a refusal")
+        return self
+
+
+class ToolMessage(Strict):
+    role: Literal["tool"]
+    content: str | TextParts
+    tool_call_id: str = Field(min_length=1, max_length=256)
+
+
+def _role(message: Any) -> str | None:
+    """Which message model validates ``message`` ("developer" is OpenAI's newer "system")."""
+    role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+    return "system" if role == "developer" else role
+
+
+Message = Annotated[
+    Annotated[SystemMessage, Tag("system")] | Annotated[UserMessage, Tag("user")]
+    | Annotated[AssistantMessage, Tag("assistant")] | Annotated[ToolMessage, Tag("tool")],
+    Discriminator(_role, custom_error_type="invalid_role", custom_error_message=(
+        "role must be system, developer, user, assistant or tool (the deprecated 'function' role: "
+        "send tool results as 'tool' messages)")),
+]
+
+
+class FunctionDefinition(Strict):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = Field(default=None, max_length=100_000)
+    parameters: dict[str, Any] | None = None  # a JSON schema, passed on as sent
+    strict: bool | None = None
+
+
+class Tool(Strict):
+    type: Literal["function"]  # OpenAI's "custom" tools (free-text input) have no equivalent elsewhere
+    function: FunctionDefinition
+
+
+class NamedFunction(Strict):
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(Strict):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is required with type json_schema, and only with it")
+        return self
 
 
 class StreamOptions(Strict):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # NeuroAPI adds no obfuscation field of its own
 
 
 class ChatCompletionRequest(Strict):
     model: str = Field(min_length=1, max_length=256)
     mode: str | None = Field(default=None, min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
@@ -56,12 +207,27 @@ class ChatCompletionRequest(Strict):
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: (Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
            | list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]] | None) = None
-    n: int | None = Field(default=None, ge=1, le=1)  # Literal[1] would take true (true == 1)
+    n: int | None = Field(default=None, ge=1, le=128)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     user: str | None = Field(default=None, max_length=256)
-    logprobs: bool | None = None  # false only: checked below (Literal[False] would take 0)
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = Field(default=None, max_length=1024)
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(default=None, max_length=16)
+    prompt_cache_key: str | None = Field(default=None, max_length=1024)
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    modalities: list[Literal["text"]] | None = None  # audio output is not carried
+    store: bool | None = None  # false only: NeuroAPI keeps no completion
 
     @field_validator("stop")
     @classmethod
@@ -70,12 +236,12 @@ class ChatCompletionRequest(Strict):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         return stop
 
-    @field_validator("logprobs")
+    @field_validator("store")
     @classmethod
-    def _no_logprobs(cls, logprobs: bool | None) -> bool | None:
-        if logprobs:
-            raise ValueError("logprobs are not supported")
-        return logprobs
+    def _never_stored(cls, store: bool | None) -> bool | None:
+        if store:
+            raise ValueError(_NO_STORE)
+        return store
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -83,6 +249,14 @@ class ChatCompletionRequest(Strict):
             raise ValueError("send max_tokens or max_completion_tokens, not both")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream: true")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if self.tools is None and (self.tool_choice not in (None, "none") or self.parallel_tool_calls is not None):
+            raise ValueError("tool_choice and parallel_tool_calls need tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            named = self.tool_choice.function.name
+            if named not in {tool.function.name for tool in self.tools or ()}:
+                raise ValueError(f"tool_choice names '{named}', which is not one of the tools")
         return self
 
     @property
@@ -90,8 +264,10 @@ class ChatCompletionRequest(Strict):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def upstream_body(self) -> dict[str, Any]:
-        """The request as every adapter reads it: only what the caller set, minus our fields."""
-        return self.model_dump(exclude_none=True, exclude={"mode", "n", "logprobs", "stream_options"})
+        """The request as every adapter reads it: what the caller set, minus our own fields
+        (``store`` too: a provider that keeps completions gets ``store: false`` from its adapter)."""
+        return self.model_dump(exclude_none=True, by_alias=True,
+                               exclude={"mode", "stream_options", "store"})
 
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:

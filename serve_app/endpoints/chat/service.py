@@ -13,7 +13,7 @@ from pathlib import Path
 from actors.keys.store import VerifiedKey
 from actors.metering.call_meter import CallMeter, completion_text, estimated_usage, prompt_text, streamed_text
 from actors.metering.record import CallRecord
-from actors.routing.table import FINETUNE_WIRE, Backend, RoutingTable, attempt_order
+from actors.routing.table import FINETUNE_WIRE, Backend, RoutingTable, attempt_order, unsupported
 from core.backend import LoraAdapter, UpstreamCall
 from core.errors import GatewayError, internal_error
 from core.money import Price, cost_units_text, price_for
@@ -65,13 +65,13 @@ class ChatService:
             route = self._table.resolve(chat.model, chat.mode)
             meter.mode = route.mode or ""
             body = chat.upstream_body()
-            order = await self._with_finetunes(attempt_order(route, body, self._rng, verified.scope), verified)
+            order = await self._with_finetunes(attempt_order(route, body, self._rng, verified.scope), verified, body)
             call = UpstreamCall(meter.request_id, "", body, chat.wants_usage_in_stream, verified.scope)
             if not chat.stream:
                 completion = await complete_chat(self._backends, order, call, outcome, deadline)
                 usage, estimated = completion.usage, completion.usage is None
                 if estimated:
-                    usage = estimated_usage(prompt_text(chat.messages), completion_text(completion.body))
+                    usage = estimated_usage(prompt_text(body["messages"]), completion_text(completion.body))
                 self._answered(meter, outcome)
                 record = meter.finish(200, len(completion.body), usage, estimated, self._prices)
                 self._record(record)
@@ -88,13 +88,14 @@ class ChatService:
             self._record(meter.rejected(failure, self._prices))
             raise failure from None
         self._answered(meter, outcome)
-        return ChatAnswer(outcome, events=self.metered_stream(events, meter, outcome, chat.messages))
+        return ChatAnswer(outcome, events=self.metered_stream(events, meter, outcome, body["messages"]))
 
-    async def _with_finetunes(self, order: list[Backend], verified: VerifiedKey) -> list[Backend]:
+    async def _with_finetunes(self, order: list[Backend], verified: VerifiedKey, body: dict) -> list[Backend]:
         """Fine-tunes in ``order`` resolved to their live version on their base model's replicas.
 
-        One that is retired, or another account's, is skipped (a mode's other candidates serve);
-        when nothing is left, the caller gets its 404."""
+        One that is retired, another account's, or whose base model cannot honour the request is
+        skipped (a mode's other candidates serve); when nothing is left, the caller gets its 404
+        or 400."""
         resolved: list[Backend] = []
         missing: GatewayError | None = None
         for backend in order:
@@ -104,7 +105,11 @@ class ChatService:
             try:
                 finetune = await self._finetunes(backend.model, verified.account_id)
                 adapter = LoraAdapter(finetune.key, Path(finetune.artifact_path), price_name=backend.model)
-                resolved.append(self._table.with_adapter(backend.model, finetune.base_model, adapter))
+                on_base = self._table.with_adapter(backend.model, finetune.base_model, adapter)
+                reason = unsupported(on_base, body)
+                if reason is not None:
+                    raise GatewayError(400, f"Unsupported parameter: {reason}.", code="unsupported_parameter")
+                resolved.append(on_base)
             except GatewayError as error:
                 missing = missing or error
         if not resolved and missing is not None:
