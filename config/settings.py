@@ -51,6 +51,9 @@ class Settings(BaseModel):
     # None = NEUROAPI_PEPPERS / NEUROAPI_ENVELOPE_KEYS, else a generated dev file in data_dir.
     secrets_file: Path | None = None
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A chat request's body, read only once its key is verified: sized for base64 images (20 MiB
+    # carries about 15 MiB of image data). Ray Serve's handle messages are sized to carry it.
+    max_chat_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     # A chat completion's whole time, every candidate and the stream included: past it the
     # caller gets 504 upstream_timeout (or, mid-stream, an error event).
     request_deadline_s: float = Field(default=600.0, gt=0, le=86400)

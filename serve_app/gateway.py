@@ -49,6 +49,7 @@ class Gateway:
         """Call ``start()`` (it fetches the routing table) before serving."""
         self.settings = settings
         self.body_limits = (settings.max_body_bytes, settings.client_body_timeout_s)
+        self.chat_body_limits = (settings.max_chat_body_bytes, settings.client_body_timeout_s)
         self.redis = connect(redis_url)
         self.router = router
         self.verifier = RaisingHandle(verifier)  # its GatewayError values raised; Redis away = 503

@@ -40,10 +40,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def handle_message_bytes(max_chat_body_bytes: int) -> int:
+    """Serve's cap on one handle message (gRPC, 4 MiB by default): a chat body crosses from the
+    ingress to a backend in one, as a pickled dict, so twice the body plus room for the rest."""
+    return max(4 << 20, 2 * max_chat_body_bytes + (1 << 20))
+
+
 def prepare_environment(settings=None) -> None:
     for name, value in SERVE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     if settings is not None:
+        os.environ.setdefault("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH",
+                              str(handle_message_bytes(settings.max_chat_body_bytes)))
         prepare_edge(settings)
     # Serve's HAProxy mode listens on fixed ports besides ours: stats (8404), metrics (9101)
     # and the fallback proxy (8500) that HAProxy sends requests to while no replica is up.

@@ -13,6 +13,7 @@ from actors.metering.record import CallRecord, current_month, estimate_tokens
 from actors.metering.usage_store import CALLS_STREAM, UsageStore, counted_key
 from config.catalog import Price
 from config.settings import ConfigError, load_settings
+from core.backend import Usage
 from core.money import cost_micro_units, cost_units_text
 from tests.support.call_records import MARCH, record
 
@@ -42,6 +43,34 @@ def test_fractional_prices_are_exact_and_round_half_up_once_per_call():
     assert cost_micro_units(tenth, 10**18, 0) == 10**17
     with pytest.raises(ValueError):
         cost_micro_units(price, -1, 0)
+
+
+def test_prompt_cache_reads_and_writes_cost_their_own_prices_exactly():
+    # claude-haiku-4-5: US$1 input, US$0.10 cache read, US$1.25 cache write, US$5 output per million.
+    haiku = load_settings(environ={}).prices["claude-haiku-4-5"]
+    assert (haiku.input, haiku.cache_read, haiku.cache_write, haiku.output) == (1000000, 100000, 1250000, 5000000)
+    # 2,000 prompt tokens: 1,500 read from the cache, 400 written to it, 100 uncached; 50 completion.
+    assert cost_micro_units(haiku, 2000, 50, cached_tokens=1500, cache_write_tokens=400) == (
+        100 * 1000000 + 1500 * 100000 + 400 * 1250000 + 50 * 5000000)  # 1,000,000,000: 1,000 cost_units
+    # Before cache prices, the same call cost 2,000 * input + 50 * output: 2.25x what was billed now.
+    assert cost_micro_units(haiku, 2000, 50) == 2_250_000_000
+    # OpenAI bills cache reads lower and has no write price: writes cost input.
+    mini = load_settings(environ={}).prices["gpt-4o-mini"]
+    assert cost_micro_units(mini, 1000, 0, cached_tokens=600) == 400 * 150000 + 600 * 75000
+    assert cost_micro_units(Price(input=7, output=1), 10, 0, cached_tokens=4, cache_write_tokens=6) == 70
+    with pytest.raises(ValueError):  # cached tokens are part of the prompt, never more
+        cost_micro_units(haiku, 10, 0, cached_tokens=8, cache_write_tokens=3)
+
+
+def test_usage_carries_cache_and_reasoning_details_to_the_caller_and_the_price():
+    usage = Usage(2000, 50, cached_tokens=1500, cache_write_tokens=400, reasoning_tokens=20)
+    assert usage.as_openai() == {
+        "prompt_tokens": 2000, "completion_tokens": 50, "total_tokens": 2050,
+        "prompt_tokens_details": {"cached_tokens": 1500, "cache_write_tokens": 400},
+        "completion_tokens_details": {"reasoning_tokens": 20}}
+    assert Usage(3, 4).as_openai() == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    haiku = load_settings(environ={}).prices["claude-haiku-4-5"]
+    assert usage.priced(haiku).cost_micro_units == cost_micro_units(haiku, 2000, 50, 1500, 400)
 
 
 def test_cost_units_text_is_exact():

@@ -26,7 +26,7 @@ def chat_router(gateway: Gateway) -> APIRouter:
         started = time.perf_counter()
         meter = CallMeter.start(request.headers.get("x-request-id", ""), request.headers.get("content-length"))
         answer = await gateway.chat.answer(meter, lambda: gateway.callers.api_key(request),
-                                           lambda: read_body(request, *gateway.body_limits))
+                                           lambda: read_body(request, *gateway.chat_body_limits))
         upstream_ms = answer.outcome.upstream_ms
         if answer.events is None:
             return Response(answer.body, media_type="application/json", headers={

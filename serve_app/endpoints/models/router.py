@@ -1,4 +1,4 @@
-"""``GET /v1/models``: what this caller's scope may use, with in-house models' engines."""
+"""``GET /v1/models``: what this caller's scope may use (``service.model_list``)."""
 
 # No "from __future__ import annotations": FastAPI must see the real Request type here.
 from fastapi import APIRouter, Request
@@ -6,17 +6,8 @@ from fastapi.responses import JSONResponse
 
 from actors.metering.call_meter import CallMeter
 from core.errors import GatewayError
+from serve_app.endpoints.models.service import model_list
 from serve_app.gateway import Gateway
-
-
-def model_entry(gateway: Gateway, name: str) -> dict:
-    backend = gateway.table.models.get(name)
-    entry = {"id": name, "object": "model", "created": 0, "owned_by": backend.provider if backend else "neuroapi"}
-    if backend is not None and backend.in_house:
-        entry["in_house"] = True
-        if name in gateway.engines:
-            entry["engine"] = gateway.engines[name]
-    return entry
 
 
 def models_router(gateway: Gateway) -> APIRouter:
@@ -32,8 +23,7 @@ def models_router(gateway: Gateway) -> APIRouter:
             gateway.record(meter.rejected(error, prices))
             raise
         meter.key_prefix, meter.account_id = verified.prefix, verified.account_id
-        listing = JSONResponse({"object": "list", "data": [
-            model_entry(gateway, name) for name in gateway.table.listing(verified.scope)]})
+        listing = JSONResponse(model_list(gateway.table, gateway.settings, gateway.engines, verified.scope))
         gateway.record(meter.finish(200, len(listing.body), None, False, prices))
         return listing
 
