@@ -12,9 +12,10 @@ from core import capabilities as cap
 
 Capability = Literal["tools", "forced_tools", "parallel_tools", "json_object", "json_schema", "vision",
                      "logprobs", "n", "reasoning", "logit_bias"]
-# What every in-house model does on either engine: structured outputs by constrained decoding,
-# and a forced tool call as structured output over the tool's parameters (no template support needed).
-IN_HOUSE_CAPABILITIES = frozenset({cap.FORCED_TOOLS, cap.JSON_OBJECT, cap.JSON_SCHEMA})
+# What every in-house model does on either engine: structured outputs by constrained decoding, a
+# forced tool call as structured output over the tool's parameters (no template support needed),
+# and logprobs. n > 1 only on vLLM: a model served there may add it with ``supports: [n]``.
+IN_HOUSE_CAPABILITIES = frozenset({cap.FORCED_TOOLS, cap.JSON_OBJECT, cap.JSON_SCHEMA, cap.LOGPROBS})
 
 
 class _Strict(BaseModel):

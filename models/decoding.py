@@ -1,6 +1,7 @@
 """One request's decoding in the transformers engine, apart from the model: how the next token is
-chosen from the logits (OpenAI's penalties, greedy or temperature + top-p) and where stop strings
-cut the completion. Everything here runs on the engine's worker thread."""
+chosen from the logits (a grammar's mask for structured outputs, OpenAI's penalties, greedy or
+temperature + top-p), each token's logprobs, and where stop strings cut the completion.
+Everything here runs on the engine's worker thread."""
 
 from __future__ import annotations
 
@@ -21,6 +22,30 @@ class Decoder:
     counts: Any = None  # torch tensor: how often each token id was generated (for the penalties)
     past: Any = None  # the KV cache
     ids: list[int] = field(default_factory=list)
+    # Structured outputs: xgrammar's matcher for this request's grammar and its token bitmask.
+    matcher: Any = None
+    bitmask: Any = None
+
+
+def constrain(decoder: Decoder, logits: Any) -> None:
+    """Mask (in place) every token the grammar does not allow next."""
+    if decoder.matcher is None:
+        return
+    import xgrammar
+
+    decoder.matcher.fill_next_token_bitmask(decoder.bitmask)
+    xgrammar.apply_token_bitmask_inplace(logits.unsqueeze(0), decoder.bitmask.to(logits.device))
+
+
+def top_logprobs(logits: Any, token: int, count: int) -> tuple[float, list[tuple[int, float]]]:
+    """The token's log probability under the model's own distribution (before penalties,
+    temperature or a grammar, as vLLM reports them), and the ``count`` most likely (id, logprob)."""
+    import torch
+
+    logprobs = torch.log_softmax(logits, dim=-1)
+    top = torch.topk(logprobs, count) if count > 0 else None
+    alternatives = [] if top is None else [(int(i), float(v)) for v, i in zip(top.values, top.indices, strict=True)]
+    return float(logprobs[token]), alternatives
 
 
 def pick_token(decoder: Decoder, logits: Any) -> int:

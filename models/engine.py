@@ -20,6 +20,14 @@ from core.backend import LoraAdapter
 
 
 @dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """A constraint on the completion's text: JSON matching ``json_schema`` (JSON text), or any
+    JSON object when it is None (OpenAI's ``json_object``)."""
+
+    json_schema: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Sampling:
     """What the caller asked for; ``max_tokens`` is already fitted to the context length."""
 
@@ -30,15 +38,31 @@ class Sampling:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    structured: StructuredOutput | None = None  # constrained decoding (response_format, forced tools)
+    logprobs: int | None = None  # None: none; k: each token's logprob and its k most likely alternatives
+    n: int = 1  # completions of the same prompt
+    keep_special_tokens: bool = False  # in the text: a tool-call parser may look for them
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token: its text, log probability, and the most likely alternatives there."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """New text since the previous delta, and the completion's token count so far."""
+    """New text since the previous delta of choice ``index``, and that choice's token count so far."""
 
     text: str
     completion_tokens: int
-    finish_reason: str | None = None  # "stop" or "length" on the last delta
+    finish_reason: str | None = None  # "stop" or "length" on the last delta of a choice
+    index: int = 0  # which of the ``n`` completions
+    token_ids: tuple[int, ...] = ()  # the new tokens (a tool-call parser may need them)
+    logprobs: tuple[TokenLogprob, ...] = ()  # the new tokens', when Sampling.logprobs asked for them
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +94,11 @@ class EngineOptions:
 
 class EngineError(RuntimeError):
     """The engine failed a request or is unhealthy; the message holds no prompt text."""
+
+
+class RequestRefused(EngineError):
+    """The engine cannot serve this request as asked (e.g. a JSON schema its grammar compiler
+    rejects): the caller's mistake, answered with a 400, not a failure another backend may retry."""
 
 
 LORA_OFF = "this model's replicas were started without LoRA (max_lora_rank 0)"
@@ -112,6 +141,11 @@ class Engine(ABC):
     @abstractmethod
     async def start(self) -> None:
         """Load the weights; raises EngineError if the model cannot run here."""
+
+    def unsupported(self, sampling: Sampling) -> str | None:
+        """Why this engine cannot honour ``sampling`` (naming the request field), or None; the
+        model server answers a 400 with it before generating."""
+        return None
 
     @abstractmethod
     def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field, replace
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
@@ -28,7 +29,8 @@ from core.errors import GatewayError, upstream_error
 from core.money import cost_units_text, price_for
 from core.naming import IN_HOUSE_PROVIDER
 from models import openai_format as wire
-from models.engine import Delta, Engine, EngineError, Sampling
+from models import tool_calls as tools
+from models.engine import Delta, Engine, EngineError, RequestRefused, Sampling, TokenLogprob
 
 logger = logging.getLogger("neuroapi.models")
 
@@ -40,6 +42,23 @@ def _elapsed_ms(started: float) -> float:
 def engine_failure(started: float) -> UpstreamFailure:
     return UpstreamFailure(upstream_error("The in-house model failed while answering."), retriable=True,
                            upstream_ms=_elapsed_ms(started))
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    ids: list[int]  # the prompt's tokens
+    sampling: Sampling
+    plan: tools.ToolPlan
+
+
+@dataclass(slots=True)
+class _Choice:
+    """One of the ``n`` completions as it is generated."""
+
+    text: tools.ChoiceText
+    tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class ModelServer:
@@ -78,11 +97,40 @@ class ModelServer:
             self._wanted.pop(call.adapter.key, None)
         return None
 
-    def _prepare(self, call: UpstreamCall) -> tuple[list[int], Sampling]:
-        """The prompt's token ids and the sampling parameters; raises GatewayError (400)."""
-        ids = wire.prompt_token_ids(self._tokenizer, call.body["messages"])
-        return ids, wire.sampling_for(call.body, self.name, len(ids), self.spec.max_model_len,
-                                      self.spec.default_max_tokens)
+    def _prepare(self, call: UpstreamCall) -> _Prepared:
+        """The prompt's token ids, the sampling parameters and what to do with tools; raises
+        GatewayError (400) for what this model cannot do, naming the field."""
+        body = call.body
+        wire.refuse_images(body["messages"])
+        plan = tools.tool_plan(body, self.name, self.spec.tool_parser)
+        native = self.spec.tool_parser is not None
+        ids = wire.prompt_token_ids(self._tokenizer, body["messages"],
+                                    body.get("tools") if plan.uses_tools else None,
+                                    tools.tool_note(plan), native_tools=native)
+        sampling = wire.sampling_for(body, self.name, len(ids), self.spec.max_model_len,
+                                     self.spec.default_max_tokens, plan.forced)
+        if plan.auto:
+            sampling = replace(sampling, keep_special_tokens=True)
+            self._choice_text(plan, body)  # the parser exists here (vLLM installed), or a 400 now
+        refused = self.engine.unsupported(sampling)
+        if refused is not None:
+            raise GatewayError(400, refused, code="unsupported_parameter")
+        return _Prepared(ids, sampling, plan)
+
+    def _choice_text(self, plan: tools.ToolPlan, body: dict[str, Any]) -> tools.ChoiceText:
+        if plan.forced is not None:
+            return tools.ForcedCallText(plan.forced)
+        if plan.auto:
+            try:
+                return tools.ParsedToolText(self.spec.tool_parser or "", self._tokenizer, body)
+            except (ImportError, KeyError):
+                raise GatewayError(400, f"The model '{self.name}' cannot parse tool calls here (tool "
+                                        f"parser '{self.spec.tool_parser}' unavailable); send tool_choice "
+                                        "'required' or a named function.", param="tool_choice") from None
+        return tools.ChoiceText()
+
+    def _choices(self, prepared: _Prepared, body: dict[str, Any]) -> list[_Choice]:
+        return [_Choice(self._choice_text(prepared.plan, body)) for _ in range(prepared.sampling.n)]
 
     def _priced(self, usage: Usage, adapter: LoraAdapter | None) -> Usage:
         return usage.priced(price_for(self._prices, self.name, adapter.price_name if adapter else ""))
@@ -109,21 +157,30 @@ class ModelServer:
         if refused is not None:
             return refused
         try:
-            ids, sampling = self._prepare(call)
+            prepared = self._prepare(call)
+            choices = self._choices(prepared, call.body)
         except GatewayError as error:
             return UpstreamFailure(error, retriable=False, upstream_ms=0.0)
         header = wire.AnswerHeader.new(call.request_id, self.name, self.engine.name)
-        text: list[str] = []
-        last = Delta("", 0)
         try:
-            async for last in self._generate(ids, sampling, call.adapter):
-                text.append(last.text)
+            async for delta in self._generate(prepared.ids, prepared.sampling, call.adapter):
+                choice = choices[delta.index]
+                choice.text.text += delta.text
+                choice.tokens = delta.completion_tokens
+                choice.logprobs.extend(delta.logprobs)
+                choice.finish_reason = delta.finish_reason or choice.finish_reason
+        except RequestRefused as error:
+            return UpstreamFailure(GatewayError(400, str(error), param="response_format"), retriable=False,
+                                   upstream_ms=_elapsed_ms(started))
         except EngineError as error:
             logger.warning("model %s failed a request: %s", self.name, error)
             return engine_failure(started)
-        usage = self._priced(Usage(len(ids), last.completion_tokens), call.adapter)
-        body = wire.completion(header, "".join(text), last.finish_reason or "stop", usage,
-                               cost_units_text(usage.cost_micro_units or 0))
+        usage = self._priced(Usage(len(prepared.ids), sum(c.tokens for c in choices)), call.adapter)
+        wants_logprobs = prepared.sampling.logprobs is not None
+        answer = [wire.choice(index, c.text.message(), c.text.finish_reason(c.finish_reason or "stop"),
+                              tuple(c.logprobs) if wants_logprobs else None)
+                  for index, c in enumerate(choices)]
+        body = wire.completion(header, answer, usage, cost_units_text(usage.cost_micro_units or 0))
         return Completion(body, usage, _elapsed_ms(started))
 
     async def _stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
@@ -134,37 +191,72 @@ class ModelServer:
             yield refused
             return
         try:
-            ids, sampling = self._prepare(call)
+            prepared = self._prepare(call)
+            choices = self._choices(prepared, call.body)
         except GatewayError as error:
             yield UpstreamFailure(error, retriable=False, upstream_ms=0.0)
             return
         header = wire.AnswerHeader.new(call.request_id, self.name, self.engine.name)
-        deltas = self._generate(ids, sampling, call.adapter)
-        sent_first, last = False, Delta("", 0)
+        roles = b"".join(wire.chunk(header, {"role": "assistant", "content": ""}, index=index)
+                         for index in range(len(choices)))
+        deltas = self._generate(prepared.ids, prepared.sampling, call.adapter)
+        sent_first = False
+
+        def usage() -> Usage:
+            return self._priced(Usage(len(prepared.ids), sum(c.tokens for c in choices)), call.adapter)
+
         try:
-            async for last in deltas:
-                out = wire.chunk(header, {"content": last.text}) if last.text else b""
-                if last.finish_reason:
-                    out += wire.chunk(header, {}, last.finish_reason)
+            async for delta in deltas:
+                out = self._chunks(header, choices, delta)
                 if not sent_first:
                     sent_first = True
-                    yield StreamStart(_elapsed_ms(started), wire.chunk(header, {"role": "assistant", "content": ""}) + out)
+                    yield StreamStart(_elapsed_ms(started), roles + out)
                 elif out:
                     yield out
         except EngineError as error:
+            if isinstance(error, RequestRefused) and not sent_first:
+                yield UpstreamFailure(GatewayError(400, str(error), param="response_format"), retriable=False,
+                                      upstream_ms=_elapsed_ms(started))
+                return
             logger.warning("model %s failed a stream: %s", self.name, error)
             if not sent_first:
                 yield engine_failure(started)
                 return
-            yield StreamEnd(self._priced(Usage(len(ids), last.completion_tokens), call.adapter),
-                            engine_failure(started).error)
+            yield StreamEnd(usage(), engine_failure(started).error)
             return
         finally:
             await deltas.aclose()  # the caller left: the engine aborts the request
-        if not sent_first:  # an engine that finished without a delta: still a whole answer
-            yield StreamStart(_elapsed_ms(started), wire.chunk(header, {"role": "assistant", "content": ""})
-                              + wire.chunk(header, {}, "stop"))
-        usage = self._priced(Usage(len(ids), last.completion_tokens), call.adapter)
+        # A choice the engine ended without a finish reason (or without any delta) still ends.
+        rest = b"".join(self._finish(header, choices, index, "stop")
+                        for index, choice in enumerate(choices) if choice.finish_reason is None)
+        if not sent_first:
+            yield StreamStart(_elapsed_ms(started), roles + rest)
+        elif rest:
+            yield rest
         if call.client_wants_usage:
-            yield wire.usage_chunk(header, usage, cost_units_text(usage.cost_micro_units or 0))
-        yield StreamEnd(usage)
+            priced = usage()
+            yield wire.usage_chunk(header, priced, cost_units_text(priced.cost_micro_units or 0))
+        yield StreamEnd(usage())
+
+    def _chunks(self, header: wire.AnswerHeader, choices: list[_Choice], delta: Delta) -> bytes:
+        """The chunks for one engine delta: its text as content or tool-call fragments (with its
+        tokens' logprobs), and the choice's end when it finished."""
+        choice = choices[delta.index]
+        choice.tokens = delta.completion_tokens
+        if isinstance(choice.text, tools.ParsedToolText):
+            fields = choice.text.feed(delta.text, delta.token_ids)
+        else:
+            fields = choice.text.feed(delta.text)
+        out = b""
+        if fields is not None or delta.logprobs:
+            out = wire.chunk(header, fields or {}, index=delta.index, logprobs=delta.logprobs)
+        if delta.finish_reason:
+            out += self._finish(header, choices, delta.index, delta.finish_reason)
+        return out
+
+    def _finish(self, header: wire.AnswerHeader, choices: list[_Choice], index: int, reason: str) -> bytes:
+        choice = choices[index]
+        choice.finish_reason = reason
+        last = choice.text.end()
+        out = wire.chunk(header, last, index=index) if last is not None else b""
+        return out + wire.chunk(header, {}, choice.text.finish_reason(reason), index=index)

@@ -15,28 +15,87 @@ from core.backend import Usage
 from core.errors import GatewayError
 from core.money import priced_json
 from core.sse import encode
-from models.engine import Sampling
+from models import tool_calls as tools
+from models.engine import Sampling, StructuredOutput, TokenLogprob
 
 
 class ChatTokenizer(Protocol):
-    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
+    def apply_chat_template(self, conversation: list[dict[str, Any]], **kwargs: Any) -> Any: ...
 
     def __call__(self, text: str, **kwargs: Any) -> Any: ...
 
 
-def _text(content: str | list[dict[str, str]]) -> str:
-    return content if isinstance(content, str) else "".join(part["text"] for part in content)
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
 
 
-def conversation(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Messages as chat templates expect them ("developer" is OpenAI's newer "system")."""
-    return [{"role": "system" if m["role"] == "developer" else m["role"], "content": _text(m["content"])}
-            for m in messages]
+def refuse_images(messages: list[dict[str, Any]]) -> None:
+    """In-house models have no vision: an image part is a 400 that names it, never silently dropped."""
+    for m_index, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, list):
+            for p_index, part in enumerate(content):
+                if part.get("type", "text") != "text":
+                    raise GatewayError(400, f"Content parts of type '{part.get('type')}' are not supported by "
+                                            "this model (in-house models read text only).",
+                                       code="unsupported_content", param=f"messages[{m_index}].content[{p_index}]")
 
 
-def prompt_token_ids(tokenizer: ChatTokenizer, messages: list[dict[str, Any]]) -> list[int]:
-    """The prompt exactly as the model sees it: its own chat template, then its tokenizer."""
-    text = tokenizer.apply_chat_template(conversation(messages), tokenize=False, add_generation_prompt=True)
+def conversation(messages: list[dict[str, Any]], native_tools: bool = False) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them ("developer" is OpenAI's newer "system").
+
+    Tool turns: with ``native_tools`` (a template that takes tools) as the template's own
+    ``tool_calls`` and "tool" messages; otherwise as text, so any template renders them: an
+    assistant's calls as "[call <id>: <name>(<arguments>)]" lines after its text, and the tool
+    results that follow it as one user turn of "[result of <id>]" sections (a user turn, as many
+    templates know no "tool" role or insist on alternating roles)."""
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        role, text = message["role"], _text(message.get("content"))
+        calls = message.get("tool_calls") or []
+        if role == "developer":
+            role = "system"
+        if native_tools:
+            turn: dict[str, Any] = {"role": role, "content": text}
+            if calls:
+                turn["tool_calls"] = [tools.template_tool_call(call) for call in calls]
+            if role == "tool":
+                turn["tool_call_id"] = message.get("tool_call_id", "")
+            turns.append(turn)
+        elif role == "tool":
+            result = tools.tool_result_as_text(message.get("tool_call_id", ""), text)
+            if turns and turns[-1].get("tool_results"):
+                turns[-1]["content"] += "\n\n" + result
+            else:
+                turns.append({"role": "user", "content": result, "tool_results": True})
+        else:
+            if calls:
+                text = "\n".join(filter(None, [text, tools.tool_calls_as_text(calls)]))
+            turns.append({"role": role, "content": text})
+    for turn in turns:
+        turn.pop("tool_results", None)
+    return turns
+
+
+def with_note(turns: list[dict[str, Any]], note: str | None) -> list[dict[str, Any]]:
+    """The note in the system turn (after the caller's own instructions), or a system turn of its own."""
+    if note is None:
+        return turns
+    if turns and turns[0]["role"] == "system":
+        return [{**turns[0], "content": f"{turns[0]['content']}\n\n{note}"}, *turns[1:]]
+    return [{"role": "system", "content": note}, *turns]
+
+
+def prompt_token_ids(tokenizer: ChatTokenizer, messages: list[dict[str, Any]],
+                     tool_definitions: list[dict[str, Any]] | None = None, note: str | None = None,
+                     native_tools: bool = False) -> list[int]:
+    """The prompt exactly as the model sees it: its own chat template, then its tokenizer.
+    ``tool_definitions`` go to a template that takes tools (``native_tools``)."""
+    extra = {"tools": tool_definitions} if native_tools and tool_definitions else {}
+    turns = with_note(conversation(messages, native_tools), note)
+    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **extra)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -49,8 +108,24 @@ def context_overflow(model: str, prompt_tokens: int, max_tokens: int | None, max
     )
 
 
+def structured_output(body: dict[str, Any], forced: tools.ForcedTool | None = None) -> StructuredOutput | None:
+    """The constraint on the completion: a forced tool call's schema (it wins over response_format,
+    as in vLLM), else response_format's json_schema or json_object."""
+    if forced is not None:
+        return StructuredOutput(json.dumps(forced.schema))
+    response_format = body.get("response_format") or {}
+    kind = response_format.get("type", "text")
+    if kind == "json_object":
+        return StructuredOutput(None)
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        # No schema given: any JSON object is what OpenAI's json_schema without one allows.
+        return StructuredOutput(json.dumps(schema) if schema is not None else None)
+    return None
+
+
 def sampling_for(body: dict[str, Any], model: str, prompt_tokens: int, max_model_len: int,
-                 default_max_tokens: int) -> Sampling:
+                 default_max_tokens: int, forced: tools.ForcedTool | None = None) -> Sampling:
     """The caller's sampling parameters; 400 when prompt + max_tokens cannot fit the context.
 
     Without max_tokens the completion may use what the context leaves, up to the catalog's
@@ -68,6 +143,9 @@ def sampling_for(body: dict[str, Any], model: str, prompt_tokens: int, max_model
         seed=body.get("seed"),
         presence_penalty=body.get("presence_penalty", 0.0),
         frequency_penalty=body.get("frequency_penalty", 0.0),
+        structured=structured_output(body, forced),
+        logprobs=(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
+        n=body.get("n") or 1,
     )
 
 
@@ -89,9 +167,20 @@ class AnswerHeader:
                 "model": self.model, "system_fingerprint": self.fingerprint}
 
 
-def chunk(header: AnswerHeader, delta: dict[str, str], finish_reason: str | None = None) -> bytes:
+def logprobs_content(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs.content`` entries for some tokens."""
+    return [{"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.token.encode()),
+             "top_logprobs": [{"token": token, "logprob": logprob, "bytes": list(token.encode())}
+                              for token, logprob in entry.top]}
+            for entry in logprobs]
+
+
+def chunk(header: AnswerHeader, delta: dict[str, Any], finish_reason: str | None = None, index: int = 0,
+          logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
+    choice_logprobs = {"content": logprobs_content(logprobs), "refusal": None} if logprobs else None
     body = {**header.fields("chat.completion.chunk"),
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            "choices": [{"index": index, "delta": delta, "logprobs": choice_logprobs,
+                         "finish_reason": finish_reason}]}
     return encode(json.dumps(body))
 
 
@@ -101,9 +190,14 @@ def usage_chunk(header: AnswerHeader, usage: Usage, cost_units: str) -> bytes:
     return encode(priced_json(payload, cost_units).decode())
 
 
-def completion(header: AnswerHeader, text: str, finish_reason: str, usage: Usage, cost_units: str) -> bytes:
-    payload = {**header.fields("chat.completion"),
-               "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                            "logprobs": None, "finish_reason": finish_reason}],
-               "usage": usage.as_openai()}
+def choice(index: int, message: dict[str, Any], finish_reason: str,
+           logprobs: tuple[TokenLogprob, ...] | None = None) -> dict[str, Any]:
+    """One choice of a completion; ``message`` holds content (and tool_calls)."""
+    return {"index": index, "message": {"role": "assistant", "content": None, "refusal": None, **message},
+            "logprobs": None if logprobs is None else {"content": logprobs_content(logprobs), "refusal": None},
+            "finish_reason": finish_reason}
+
+
+def completion(header: AnswerHeader, choices: list[dict[str, Any]], usage: Usage, cost_units: str) -> bytes:
+    payload = {**header.fields("chat.completion"), "choices": choices, "usage": usage.as_openai()}
     return priced_json(payload, cost_units)

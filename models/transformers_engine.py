@@ -1,6 +1,10 @@
 """Plain ``transformers`` + ``torch`` behind the engine interface: the fallback for machines where
 no vLLM build installs (CPU, or a CUDA GPU if torch sees one).
 
+Structured outputs (a JSON schema, or any JSON object) use xgrammar, the library behind vLLM's
+default backend: a grammar compiled for this tokenizer masks the logits of every step; ``n`` > 1
+is refused (``unsupported``), one request at a time being this engine's whole design.
+
 It serves one request at a time (an ``asyncio.Lock``) with a hand-written decode loop: a prefill
 of the prompt, then one token per step with the model's KV cache. Batching many requests
 together is vLLM's job; this engine only has to be correct and keep the event loop free, so
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from core.backend import LoraAdapter
-from models.decoding import Decoder, first_stop, pick_token, stop_prefix_length
+from models.decoding import Decoder, constrain, first_stop, pick_token, stop_prefix_length, top_logprobs
 from models.engine import (
     LORA_OFF,
     Delta,
@@ -29,7 +33,9 @@ from models.engine import (
     EngineError,
     EngineOptions,
     EngineStats,
+    RequestRefused,
     Sampling,
+    TokenLogprob,
     check_adapter,
 )
 from models.model_source import offline_environment
@@ -69,6 +75,7 @@ class TransformersEngine(Engine):
         self._peft: Any = None
         self._adapters: OrderedDict[str, str] = OrderedDict()
         self._adapter_count = 0
+        self._grammars: Any = None  # xgrammar.GrammarCompiler for this tokenizer, made on first use
 
     async def _on_worker(self, function: Callable[..., T], *arguments: Any) -> T:
         if self._worker is None:
@@ -212,6 +219,11 @@ class TransformersEngine(Engine):
 
     # -- the decode loop --------------------------------------------------------------------
 
+    def unsupported(self, sampling: Sampling) -> str | None:
+        if sampling.n > 1:
+            return "'n' above 1 is not supported by this model (its transformers engine makes one completion)"
+        return None
+
     def _new_decoder(self, sampling: Sampling) -> Decoder:
         import torch
 
@@ -220,26 +232,57 @@ class TransformersEngine(Engine):
             generator.manual_seed(sampling.seed)
         else:
             generator.seed()
-        return Decoder(sampling, generator)
+        decoder = Decoder(sampling, generator)
+        if sampling.structured is not None:
+            self._add_grammar(decoder, sampling.structured.json_schema)
+        return decoder
 
-    def _step(self, decoder: Decoder, input_ids: list[int]) -> tuple[int, str]:
-        """One forward pass (the whole prompt first, then the last token): the next token, and the
-        completion so far decoded."""
+    def _add_grammar(self, decoder: Decoder, json_schema: str | None) -> None:
+        import xgrammar
+
+        vocab_size = self._model.get_output_embeddings().weight.shape[0]  # the logits' width
+        if self._grammars is None:
+            info = xgrammar.TokenizerInfo.from_huggingface(self._tokenizer, vocab_size=vocab_size,
+                                                           stop_token_ids=sorted(self._eos))
+            self._grammars = xgrammar.GrammarCompiler(info)
+        try:
+            grammar = (self._grammars.compile_json_schema(json_schema) if json_schema is not None
+                       else self._grammars.compile_builtin_json_grammar())
+        except Exception as error:
+            raise RequestRefused(f"response_format's JSON schema could not be compiled for constrained "
+                                 f"decoding ({type(error).__name__})") from None
+        decoder.matcher = xgrammar.GrammarMatcher(grammar)
+        decoder.bitmask = xgrammar.allocate_token_bitmask(1, vocab_size)
+
+    def _step(self, decoder: Decoder, input_ids: list[int]) -> tuple[int, str, TokenLogprob | None]:
+        """One forward pass (the whole prompt first, then the last token): the next token, the
+        completion so far decoded, and the token's logprobs when asked for."""
         import torch
 
+        sampling = decoder.sampling
         with torch.inference_mode():
             inputs = torch.tensor([input_ids], dtype=torch.long, device=self._device)
             output = self._model(input_ids=inputs, past_key_values=decoder.past, use_cache=True)
             decoder.past = output.past_key_values
             logits = output.logits[0, -1].float()
+            raw = logits.clone() if sampling.logprobs is not None else None
+            constrain(decoder, logits)
             token = pick_token(decoder, logits)
+            if decoder.matcher is not None and not decoder.matcher.accept_token(token):
+                raise EngineError("the grammar refused the sampled token")
             if decoder.counts is None:
                 decoder.counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=self._device)
             decoder.counts[token] += 1
+            logprob = None
+            if raw is not None:
+                chosen, top = top_logprobs(raw, token, sampling.logprobs)
+                logprob = TokenLogprob(self._tokenizer.decode([token]), chosen,
+                                       tuple((self._tokenizer.decode([i]), value) for i, value in top))
         decoder.ids.append(token)
         # The whole completion each time: a byte-level BPE merges across token boundaries, and
         # decoding is cheap next to a forward pass.
-        return token, self._tokenizer.decode(decoder.ids, skip_special_tokens=True)
+        text = self._tokenizer.decode(decoder.ids, skip_special_tokens=not sampling.keep_special_tokens)
+        return token, text, logprob
 
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
@@ -256,6 +299,9 @@ class TransformersEngine(Engine):
         try:
             if adapter is not None and self._options.max_lora_rank <= 0:
                 raise EngineError(LORA_OFF)
+            refused = self.unsupported(sampling)
+            if refused is not None:
+                raise EngineError(refused)
             async with self._lock:
                 if self._model is None:
                     raise EngineError("the transformers engine is not running")
@@ -263,15 +309,25 @@ class TransformersEngine(Engine):
                 name = await self._ensure_adapter(adapter) if adapter is not None else None
                 if self._peft is not None:
                     await self._on_worker(self._activate, name)
-                decoder = self._new_decoder(sampling)
+                try:
+                    decoder = await self._on_worker(self._new_decoder, sampling)
+                except EngineError:
+                    raise
+                except Exception as error:
+                    raise EngineError(f"decoding could not start: {type(error).__name__}") from None
                 stops = tuple(stop for stop in sampling.stop if stop)
                 emitted = 0  # characters of the decoded completion already sent
+                pending: list[TokenLogprob] = []  # logprobs of tokens whose text is held back
                 next_input = list(prompt_token_ids)
                 while not request.aborted:
                     try:
-                        token, text = await self._on_worker(self._step, decoder, next_input)
+                        token, text, logprob = await self._on_worker(self._step, decoder, next_input)
+                    except EngineError:
+                        raise
                     except Exception as error:
                         raise EngineError(f"generation failed: {type(error).__name__}") from None
+                    if logprob is not None:
+                        pending.append(logprob)
                     next_input = [token]
                     reason, end = self._finish(decoder, token, text, stops)
                     if reason is None and not text.endswith("\ufffd"):  # hold an incomplete UTF-8 char
@@ -280,10 +336,11 @@ class TransformersEngine(Engine):
                     emitted = max(emitted, end)
                     if reason is not None:
                         finished = True
-                        yield Delta(piece, len(decoder.ids), reason)
+                        yield Delta(piece, len(decoder.ids), reason, logprobs=tuple(pending))
                         return
                     if piece:
-                        yield Delta(piece, len(decoder.ids))
+                        yield Delta(piece, len(decoder.ids), logprobs=tuple(pending))
+                        pending = []
         finally:
             if self._requests.get(request_id) is request:  # a reused id may belong to a newer request
                 del self._requests[request_id]

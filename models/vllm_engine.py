@@ -29,7 +29,9 @@ from models.engine import (
     EngineError,
     EngineOptions,
     EngineStats,
+    RequestRefused,
     Sampling,
+    TokenLogprob,
     check_adapter,
 )
 
@@ -79,6 +81,23 @@ def engine_arguments(options: EngineOptions, gpu: bool) -> dict:
     return arguments | options.extra
 
 
+def token_logprobs(token_ids, logprobs, top_count: int) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-position ``{token_id: Logprob}`` (the top ``top_count`` by rank, plus the sampled
+    token when it is not among them) as ours."""
+    if not logprobs:
+        return ()
+    found = []
+    for token_id, position in zip(token_ids, logprobs, strict=False):
+        if position is None:
+            continue
+        chosen = position[token_id]
+        ranked = sorted((entry for entry in position.values() if entry.rank is not None and entry.rank <= top_count),
+                        key=lambda entry: entry.rank)
+        found.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob,
+                                  tuple((entry.decoded_token or "", entry.logprob) for entry in ranked)))
+    return tuple(found)
+
+
 class VLLMEngine(Engine):
     def __init__(self, options: EngineOptions):
         self._options = options
@@ -108,12 +127,20 @@ class VLLMEngine(Engine):
 
     def _params(self, sampling: Sampling):
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        structured = None
+        if sampling.structured is not None:
+            schema = sampling.structured.json_schema
+            structured = (StructuredOutputsParams(json=schema) if schema is not None
+                          else StructuredOutputsParams(json_object=True))
         return SamplingParams(
             max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
             stop=list(sampling.stop) or None, seed=sampling.seed,
             presence_penalty=sampling.presence_penalty, frequency_penalty=sampling.frequency_penalty,
+            structured_outputs=structured, logprobs=sampling.logprobs, n=sampling.n,
+            # A tool-call parser looks for its markers (e.g. "<tool_call>"), often special tokens.
+            skip_special_tokens=not sampling.keep_special_tokens,
             output_kind=RequestOutputKind.DELTA, detokenize=True,
         )
 
@@ -194,7 +221,8 @@ class VLLMEngine(Engine):
                        adapter: LoraAdapter | None = None) -> AsyncIterator[Delta]:
         from vllm import TokensPrompt
 
-        tokens, finished, held = 0, False, None
+        tokens: dict[int, int] = {}  # per choice
+        finished, held = False, None
         try:
             lora_request = None
             if adapter is not None:
@@ -205,12 +233,24 @@ class VLLMEngine(Engine):
             async for output in self._engine.generate(TokensPrompt(prompt_token_ids=prompt_token_ids),
                                                       self._params(sampling), request_id,
                                                       lora_request=lora_request):
-                step = output.outputs[0]
-                tokens += len(step.token_ids)
                 finished = output.finished
-                reason = step.finish_reason if finished else None
-                if step.text or reason:
-                    yield Delta(step.text, tokens, "length" if reason == "length" else reason and "stop")
+                for step in output.outputs:  # n > 1: each choice's new tokens, tagged with its index
+                    tokens[step.index] = tokens.get(step.index, 0) + len(step.token_ids)
+                    reason = step.finish_reason
+                    if step.text or reason or step.token_ids:
+                        yield Delta(step.text, tokens[step.index],
+                                    "length" if reason == "length" else reason and "stop", step.index,
+                                    tuple(step.token_ids), token_logprobs(step.token_ids, step.logprobs,
+                                                                              sampling.logprobs or 0))
+        except Exception as error:
+            # vLLM validates a request's grammar as it is added (VLLMValidationError, or xgrammar's
+            # RuntimeError for a schema it cannot convert): the caller's schema, not a failure.
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            if tokens or sampling.structured is None or isinstance(error, EngineDeadError | EngineError):
+                raise
+            raise RequestRefused("response_format's JSON schema was refused for constrained decoding "
+                                 f"({type(error).__name__})") from None
         finally:
             if finished:
                 self._finished += 1

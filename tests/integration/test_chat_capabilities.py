@@ -30,7 +30,7 @@ async def test_models_list_each_models_capabilities_and_context_window(client, a
     in_house = by_id["smollm2-135m-instruct"]
     # The test catalog gives it 2048 tokens; it has no tool parser, so only forced tool calls.
     assert in_house["context_length"] == 2048 and in_house["in_house"] is True
-    assert set(in_house["capabilities"]) == {"forced_tools", "json_object", "json_schema"}
+    assert set(in_house["capabilities"]) == {"forced_tools", "json_object", "json_schema", "logprobs"}
     # A mode can do what at least one of its candidates can.
     assert "json_schema" in by_id["cheap"]["capabilities"] and by_id["cheap"]["mode"] is True
 

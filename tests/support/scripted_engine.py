@@ -15,9 +15,13 @@ class WordTokenizer:
 
     def __init__(self):
         self.vocabulary: dict[str, int] = {}
+        self.conversations: list[list[dict]] = []  # what each prompt rendered
+        self.tools: list[list[dict] | None] = []  # the tools each prompt gave the template
 
-    def apply_chat_template(self, conversation, tokenize, add_generation_prompt):
+    def apply_chat_template(self, conversation, tokenize, add_generation_prompt, tools=None):
         assert tokenize is False
+        self.conversations.append(conversation)
+        self.tools.append(tools)
         text = " ".join(f"<{m['role']}> {m['content']}" for m in conversation)
         return text + (" <assistant>" if add_generation_prompt else "")
 

@@ -41,7 +41,7 @@ def test_one_yaml_entry_adds_an_unpriced_in_house_model_to_routing(tmp_path):
     table = build_routing_table(settings, [])
     backend = table.resolve("my-model").candidates[0].backend
     assert backend == Backend("my-model", "inhouse", "engine", in_house=True,
-                              capabilities=frozenset({"forced_tools", "json_object", "json_schema"}))
+                              capabilities=frozenset({"forced_tools", "json_object", "json_schema", "logprobs"}))
     assert backend.deployment == "Model-my-model"
     table = build_routing_table(settings, ALL_PROVIDERS)
     assert table.listing(Scope(in_house_only=True)) == ["private", "my-model", "smollm2-135m-instruct"]

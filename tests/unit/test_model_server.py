@@ -50,7 +50,7 @@ async def test_complete_answers_with_the_joined_text_exact_usage_and_cost():
     body = json.loads(result.body, parse_float=Decimal)
     assert (body["object"], body["id"], body["model"], body["system_fingerprint"]) == (
         "chat.completion", "chatcmpl-req-1", "my-model", "scripted")
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello"}
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello", "refusal": None}
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
                              "cost_units": Decimal("0.06")}

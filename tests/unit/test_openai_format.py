@@ -11,7 +11,15 @@ import pytest
 from core.backend import Usage
 from core.errors import GatewayError
 from models.engine import Sampling
-from models.openai_format import AnswerHeader, chunk, completion, prompt_token_ids, sampling_for, usage_chunk
+from models.openai_format import (
+    AnswerHeader,
+    choice,
+    chunk,
+    completion,
+    prompt_token_ids,
+    sampling_for,
+    usage_chunk,
+)
 
 HEADER = AnswerHeader("req-1", "my-model", 1_700_000_000, "vllm-cpu")
 SHARED = {"id": "chatcmpl-req-1", "created": 1_700_000_000, "model": "my-model", "system_fingerprint": "vllm-cpu"}
@@ -125,10 +133,10 @@ def test_the_usage_chunk_has_no_choices_and_the_exact_cost():
 
 
 def test_a_completion_has_openais_shape_and_the_exact_cost():
-    data = completion(HEADER, "Paris.", "stop", Usage(12, 3), "0.000015")
+    data = completion(HEADER, [choice(0, {"content": "Paris."}, "stop")], Usage(12, 3), "0.000015")
     body = json.loads(data, parse_float=Decimal)
     assert body == {**SHARED, "object": "chat.completion",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris.", "refusal": None},
                                  "logprobs": None, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15,
                               "cost_units": Decimal("0.000015")}}
