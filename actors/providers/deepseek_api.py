@@ -11,7 +11,9 @@ Completion", "Function Calling", "JSON Output", "Thinking Mode", "Context Cachin
   (which means the same);
 - refused by name (they would change the answer, and DeepSeek has no such thing): json_schema
   response_format (JSON Output is json_object only), image parts (text-only chat), ``n > 1``,
-  ``logit_bias``, ``seed``, ``user``, ``service_tier``, ``parallel_tool_calls: false``;
+  ``logit_bias``, ``seed``, ``user``, ``service_tier``;
+- enforced here: ``parallel_tool_calls: false`` (DeepSeek has no such switch): the answer keeps
+  only its first tool call, streamed or not (LangChain's structured output sends it);
 - dropped, since they change nothing DeepSeek does: ``store`` (never sent: DeepSeek has no
   stored completions), ``metadata`` (OpenAI's dashboard tags), ``n: 1`` and
   ``parallel_tool_calls: true`` (the defaults), NeuroAPI's ``thinking_blocks`` (Anthropic's)
@@ -24,11 +26,19 @@ cached tokens (already inside ``prompt_tokens``, as OpenAI counts them)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from actors.providers.adapter import is_count, require
-from actors.providers.openai_api import OpenAIAdapter, openai_message, usage_counts, usage_from
+from actors.providers.adapter import StreamTranslator, is_count, require
+from actors.providers.openai_api import (
+    OpenAIAdapter,
+    OpenAIStreamTranslator,
+    openai_message,
+    usage_counts,
+    usage_from,
+)
 from core.backend import UpstreamCall, Usage
+from core.sse import SSEEvent, encode
 
 _NOT_SUPPORTED = ("seed", "user", "logit_bias", "service_tier")
 _NOT_SENT = ("store", "metadata")
@@ -44,6 +54,28 @@ def _refused(name: str) -> str:
     return f"'{name}' is not supported by DeepSeek models"
 
 
+def _single_call(body: dict[str, Any]) -> bool:
+    return body.get("parallel_tool_calls") is False
+
+
+class FirstToolCallOnly(OpenAIStreamTranslator):
+    """A stream with only the first tool call's deltas (index 0): ``parallel_tool_calls: false``."""
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        out = super().feed(event)
+        if not out or '"tool_calls"' not in event.data:
+            return out
+        chunk = json.loads(event.data)
+        for choice in chunk["choices"]:
+            delta = choice["delta"]
+            if delta.get("tool_calls"):
+                delta["tool_calls"] = [call for call in delta["tool_calls"] if call.get("index") == 0]
+                if not delta["tool_calls"]:
+                    del delta["tool_calls"]
+        choices = [c for c in chunk["choices"] if c["delta"] or c.get("finish_reason")]
+        return [encode(json.dumps(dict(chunk, choices=choices)))] if choices else []
+
+
 class DeepSeekAdapter(OpenAIAdapter):
     @staticmethod
     def unsupported(body: dict[str, Any]) -> str | None:
@@ -52,8 +84,6 @@ class DeepSeekAdapter(OpenAIAdapter):
                 return _refused(name)
         if (body.get("n") or 1) > 1:
             return "'n' greater than 1 is not supported by DeepSeek models"
-        if body.get("parallel_tool_calls") is False:
-            return _refused("parallel_tool_calls: false")
         if (body.get("response_format") or {}).get("type") == "json_schema":
             return ("'response_format' json_schema is not supported by DeepSeek models "
                     "(json_object is)")
@@ -76,6 +106,19 @@ class DeepSeekAdapter(OpenAIAdapter):
             for m in call.body.get("messages", [])
         ]
         return body
+
+    def completion(self, call: UpstreamCall, raw: bytes) -> tuple[dict[str, Any], Usage | None]:
+        payload, usage = super().completion(call, raw)
+        if _single_call(call.body):
+            for choice in payload["choices"]:
+                if choice["message"].get("tool_calls"):
+                    choice["message"]["tool_calls"] = choice["message"]["tool_calls"][:1]
+        return payload, usage
+
+    def translator(self, call: UpstreamCall) -> StreamTranslator:
+        if _single_call(call.body):
+            return FirstToolCallOnly(call.client_wants_usage, self.read_usage)
+        return super().translator(call)
 
     def read_usage(self, payload: dict[str, Any]) -> Usage | None:
         usage = usage_from(payload)

@@ -35,8 +35,10 @@ def test_sdk_raises_typed_errors(gateway, api_key, upstreams):
     with pytest.raises(openai.NotFoundError) as not_found:
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     assert not_found.value.code == "model_not_found"
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="fast", messages=MESSAGES, n=3)
+    # Stored completions contradict the data policy: refused by name (n > 1 is served now).
+    with pytest.raises(openai.BadRequestError) as stored:
+        client.chat.completions.create(model="fast", messages=MESSAGES, store=True)
+    assert "store" in stored.value.message
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=gateway.url + "/v1", api_key="neuro_wrongkey_x", max_retries=0).models.list()
     upstreams.script("claude-haiku-4-5", Behaviour(mid_stream_error=True))

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import ray
 
+from config.settings import load_settings
 from tests.support.gateway_client import caller_address, records_for
 from tests.support.leak_scan import scan_files, scan_redis
 from tests.support.upstreams import Behaviour
@@ -22,6 +23,7 @@ async def test_a_canary_prompt_is_retained_nowhere(gateway, api_key, upstreams, 
     ]
     headers = {"Authorization": f"Bearer {api_key}", "X-Forwarded-For": caller_address()}
     request_ids = []
+    over_limit = load_settings(gateway.config_path).max_chat_body_bytes  # sized for base64 images
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
         calls = [
             {"model": "gpt-4o-mini", "messages": messages},
@@ -58,14 +60,83 @@ async def test_a_canary_prompt_is_retained_nowhere(gateway, api_key, upstreams, 
         statuses.append(bad_key.status_code)
         request_ids.append(bad_key.headers["x-request-id"])
         huge = await client.post("/v1/chat/completions", headers=headers,
-                                 content=json.dumps({"model": "fast", "messages": messages, "pad": "x" * 5_000_000}))
+                                 content=json.dumps({"model": "fast", "messages": messages, "pad": "x" * over_limit}))
         statuses.append(huge.status_code)
         request_ids.append(huge.headers["x-request-id"])
     assert statuses == [200, 200, 200, 200, 200, 400, 404, 200, 200, 400, 502, 401, 413]
     assert any(canary in json.dumps(r.body) for r in upstreams.requests)  # it did go through
     assert len(await records_for(gateway, request_ids)) == len(request_ids)  # metered, every one
 
+    assert_retained_nowhere(gateway, tmp_path_factory, canary)
+
+
+def assert_retained_nowhere(gateway, tmp_path_factory, canary: str) -> None:
     assert scan_redis(gateway.redis.url, canary) == []
     session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
     temp = tmp_path_factory.getbasetemp()  # the gateway's data dir, the Redis dirs, the spill dir
     assert scan_files([session_dir, temp, gateway.data_dir, gateway.redis.folder], canary) == []
+
+
+PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+LOOKUP_TOOL = {"type": "function", "function": {"name": "f", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}
+
+
+def called_with(answer: str) -> str:
+    """The arguments of the one tool call in an answer, whole or reassembled from its stream."""
+    if not answer.startswith("data:"):
+        return json.loads(answer)["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    chunks = [json.loads(line[len("data: "):]) for line in answer.splitlines() if line.startswith("data: {")]
+    return "".join(call["function"].get("arguments") or "" for chunk in chunks for choice in chunk["choices"]
+                   for call in choice["delta"].get("tool_calls") or [])
+
+
+async def test_a_canary_in_tool_calls_tool_results_and_images_is_retained_nowhere(
+        gateway, api_key, upstreams, tmp_path_factory):
+    canary = "CANARY-" + secrets.token_hex(8)
+    # Base64's alphabet has no "-": this one lies inside the image's base64 data itself.
+    image_canary = "CANARY" + secrets.token_hex(13)  # 32 characters: whole base64 quads
+    arguments = json.dumps({"q": canary})
+    asked = [{"role": "user", "content": "look it up"}]
+    tool_loop = [*asked, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"q": "lookup"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": f"the result is {canary}"}]
+    image = [{"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image_canary}{PNG_BASE64}"}}]}]
+    calls = [
+        # The upstream's tool-call arguments hold the canary (scripted below), whole and in fragments.
+        {"model": "gpt-4o-mini", "messages": asked, "tools": [LOOKUP_TOOL]},
+        {"model": "gpt-4o-mini", "messages": asked, "tools": [LOOKUP_TOOL], "stream": True},
+        {"model": "claude-haiku-4-5", "messages": asked, "tools": [LOOKUP_TOOL], "stream": True,
+         "stream_options": {"include_usage": True}},
+        {"model": "claude-haiku-4-5", "messages": asked, "tools": [LOOKUP_TOOL]},
+        # The caller's tool result holds it.
+        {"model": "gpt-4o-mini", "messages": tool_loop, "tools": [LOOKUP_TOOL], "stream": True},
+        {"model": "claude-haiku-4-5", "messages": tool_loop, "tools": [LOOKUP_TOOL]},
+        {"model": "deepseek-chat", "messages": tool_loop, "tools": [LOOKUP_TOOL], "stream": True},
+        # A base64 image holds it.
+        {"model": "gpt-4o-mini", "messages": image},
+        {"model": "claude-haiku-4-5", "messages": image, "stream": True},
+        {"model": "deepseek-chat", "messages": image},  # 400: no vision
+    ]
+    upstreams.script("gpt-4o-mini", *[Behaviour(tool_calls=[("f", arguments)], fragment=4)] * 2)
+    upstreams.script("claude-haiku-4-5", *[Behaviour(tool_calls=[("f", arguments)], fragment=4)] * 2)
+    headers = {"Authorization": f"Bearer {api_key}", "X-Forwarded-For": caller_address()}
+    statuses, request_ids, answers = [], [], []
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        for body in calls:
+            response = await client.post("/v1/chat/completions", headers=headers, json=body)
+            statuses.append(response.status_code)
+            request_ids.append(response.headers["x-request-id"])
+            answers.append(response.text)
+    assert statuses == [200] * 9 + [400]
+    # The paths were really taken: the caller got the canary back in every tool call, the
+    # upstreams got the tool results and the images.
+    assert [json.loads(called_with(answer)) for answer in answers[:4]] == [{"q": canary}] * 4
+    sent = [json.dumps(r.body) for r in upstreams.requests]
+    assert sum(canary in text for text in sent) == 3 and sum(image_canary in text for text in sent) == 2
+    assert len(await records_for(gateway, request_ids)) == len(request_ids)
+
+    assert_retained_nowhere(gateway, tmp_path_factory, canary)
+    assert_retained_nowhere(gateway, tmp_path_factory, image_canary)

@@ -128,6 +128,27 @@ async def test_streamed_parallel_tool_calls_arrive_whole_in_order_with_usage(ups
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_deepseek_keeps_one_tool_call_when_parallel_calls_are_off(upstreams, stream):
+    # DeepSeek has no parallel_tool_calls switch (LangChain's structured output sends false): the
+    # adapter passes only the first call on, and never sends the field.
+    calls = [("get_time", '{"tz": "Europe/Paris"}'), ("get_weather", '{"city": "Paris"}')]
+    upstreams.script("deepseek-chat", Behaviour(tool_calls=calls, fragment=3))
+    call = upstream_call("deepseek", tools=[TOOL], parallel_tool_calls=False, stream=stream)
+    client = client_for(upstreams, "deepseek")
+    if stream:
+        chunks = streamed_chunks(await collect(client, call))
+        fragments = [f for c in chunks if c["choices"] for f in c["choices"][0]["delta"].get("tool_calls") or []]
+        assert {f["index"] for f in fragments} == {0}
+        assert "".join(f["function"].get("arguments", "") for f in fragments) == calls[0][1]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    else:
+        answer = json.loads((await client.complete(call)).body)
+        assert [(c["function"]["name"], c["function"]["arguments"])
+                for c in answer["choices"][0]["message"]["tool_calls"]] == [calls[0]]
+    assert "parallel_tool_calls" not in upstreams.requests[-1].body  # so the fake sent both calls
+
+
 VALID_CHUNKS = {
     "a tool call's first fragment": {"choices": [{"index": 0, "delta": {"role": "assistant", "content": None,
         "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
@@ -197,7 +218,6 @@ async def test_a_malformed_tool_call_from_upstream_is_a_retriable_502(upstreams)
     ("'seed'", {"seed": 1}),
     ("'user'", {"user": "u"}),
     ("'service_tier'", {"service_tier": "flex"}),
-    ("parallel_tool_calls", {"parallel_tool_calls": False}),
 ])
 def test_deepseek_refuses_by_name_what_it_cannot_honour(field, body):
     reason = DeepSeekAdapter.unsupported({"messages": [], **body})

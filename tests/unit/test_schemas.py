@@ -144,3 +144,27 @@ def test_the_other_bodies_are_strict_too(model, raw, param):
     with pytest.raises(GatewayError) as error:
         parse_body(model, raw)
     assert (error.value.status, error.value.code, error.value.param) == (400, "invalid_value", param)
+
+
+@pytest.mark.parametrize("url", [
+    "http://images.example/cat.png",  # not https: the provider would fetch it in the clear
+    "https://10.1.2.3/cat.png", "https://127.0.0.1/cat.png", "https://169.254.169.254/latest/meta-data",
+    "https://[::1]/cat.png", "https://localhost/cat.png", "https://printer.local/cat.png",
+    "https://metadata/computeMetadata", "https://0x7f.0.0.1/cat.png", "https://2130706433/cat.png",
+    "https://user@10.0.0.1/cat.png", "ftp://images.example/cat.png", "data:text/html;base64,PGgxPg==",
+    "data:image/png,rawbytes",
+])
+def test_an_image_url_a_provider_would_fetch_inside_a_network_is_refused(url):
+    body = {**BASE, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
+    error = error_of(json.dumps(body).encode())
+    assert (error.status, error.param) == (400, "messages.0.content.0.image_url.url")
+
+
+@pytest.mark.parametrize("url", [
+    "https://images.example/cat.png", "https://8.8.8.8/cat.png", "https://cdn.xn--p1ai/a.png",
+    "data:image/png;base64,iVBORw0KGgo=",
+])
+def test_public_and_inline_images_pass_as_sent(url):
+    body = {**BASE, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
+    sent = parse_chat_request(json.dumps(body).encode()).upstream_body()["messages"][0]["content"][0]
+    assert sent == {"type": "image_url", "image_url": {"url": url}}

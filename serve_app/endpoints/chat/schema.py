@@ -12,7 +12,9 @@ what the request uses is the router's question (``core.capabilities``), not the 
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
@@ -47,6 +49,26 @@ class TextPart(Strict):
     cache_control: CacheControl | None = None
 
 
+def _public_host(url: str) -> bool:
+    """Whether an image URL's host could be a public server. The provider fetches the image from
+    its own network, so an address it would reach inside is refused; a name is not resolved here
+    (NeuroAPI makes no request for a caller's URL, DNS included)."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    if not host or host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return False
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        pass
+    # A name: a public one has a dot and a top-level label with a letter (a bare "metadata" or
+    # "intranet" is not public; "0x7f.0.0.1" and "0177.1" are addresses in disguise).
+    top = host.rsplit(".", 1)[-1]
+    return "." in host and any(c.isalpha() for c in top) and not top.startswith("0x")
+
+
 class ImageUrl(Strict):
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
@@ -55,10 +77,14 @@ class ImageUrl(Strict):
     @classmethod
     def _https_or_data(cls, url: str) -> str:
         # The provider fetches an https image itself; NeuroAPI never requests a caller's address.
-        if not (url.startswith("https://") or url.startswith("data:image/")):
+        if url.startswith("data:"):
+            if not url.startswith("data:image/") or ";base64," not in url[:100]:
+                raise ValueError("a data: image URL must be base64 (data:image/png;base64,...)")
+            return url
+        if not url.startswith("https://"):
             raise ValueError("an image must be an https:// URL or a data:image/...;base64 URL")
-        if url.startswith("data:") and ";base64," not in url[:100]:
-            raise ValueError("a data: image URL must be base64 (data:image/png;base64,...)")
+        if not _public_host(url):
+            raise ValueError("an image URL must name a public host (not localhost or a private address)")
         return url
 
 
