@@ -184,7 +184,9 @@ async def broadcast(redis: aioredis.Redis, topic: str, subject: str, timeout_s: 
                 if wait_s <= 0:
                     raise InvalidationTimeout(
                         f"{receivers - len(acked)} of {receivers} replicas did not confirm the change")
-            popped = await redis.blpop([ack_key], timeout=max(wait_s, 0.01))
+            # Short reads: a caller's client may bound each reply (socket_timeout), and a BLPOP
+            # longer than that bound would fail the broadcast instead of waiting.
+            popped = await redis.blpop([ack_key], timeout=min(max(wait_s, 0.01), POLL_S))
             if popped is not None:
                 acked.append(popped[1])
     finally:

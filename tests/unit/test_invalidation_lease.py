@@ -6,6 +6,7 @@ Real redis-servers; a holder "cut off" is one whose listener stopped without a g
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -216,3 +217,28 @@ async def test_a_verifier_call_that_fails_on_redis_is_a_503_with_retry_after():
         await RaisingHandle(_Handle(value)).signup.remote("a@example.com", "pw")
     assert raised.value is value
     assert await RaisingHandle(_Handle(None)).verify.remote("neuro_x") is None
+
+
+async def test_a_broadcast_waiting_longer_than_its_clients_read_timeout_still_gets_the_ack(own_redis):
+    """A receiver that acknowledges after the publisher's socket_timeout: the broadcast polls in
+    short reads, so its client's read bound (5 s in some callers) never cuts the wait short."""
+    receiver_redis = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
+    pubsub = receiver_redis.pubsub()
+    await pubsub.subscribe(invalidation.CHANNEL)
+    publisher = aioredis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=1.0)
+
+    async def slow_receiver() -> None:
+        message = None
+        while message is None:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        await asyncio.sleep(2.5)
+        await receiver_redis.rpush(invalidation._ack_key(json.loads(message["data"])["id"]), "slow-holder")
+
+    receiving = asyncio.create_task(slow_receiver())
+    try:
+        assert await broadcast(publisher, "key", "neuro_ffffffff", wait_for_leases=False) == 1
+    finally:
+        await receiving
+        await pubsub.aclose()
+        await receiver_redis.aclose()
+        await publisher.aclose()
