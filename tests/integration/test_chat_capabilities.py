@@ -6,7 +6,7 @@ import json
 from decimal import Decimal
 
 from config.settings import load_settings
-from tests.support.gateway_client import records_for
+from tests.support.gateway_client import account_with_key, bearer, records_for
 from tests.support.upstreams import Behaviour
 
 MESSAGES = [{"role": "user", "content": "capable?"}]
@@ -87,3 +87,38 @@ async def test_prompt_cache_reads_and_writes_are_billed_at_their_own_prices(clie
     assert response.headers["x-neuroapi-cost-units"] == str(usage["cost_units"])
     record = (await records_for(gateway, [response.headers["x-request-id"]]))[response.headers["x-request-id"]]
     assert int(record["cost_micro_units"]) == expected
+
+
+async def test_a_tool_stream_falls_back_across_providers_before_its_first_byte(client, api_key, upstreams, gateway):
+    # "cross-provider": deepseek-chat first, claude-haiku-4-5 as the fallback, which answers in
+    # Anthropic's events that the gateway turns into OpenAI tool-call deltas.
+    upstreams.script("deepseek-chat", Behaviour(status=503))
+    upstreams.script("claude-haiku-4-5", Behaviour(tool_calls=[("weather", '{"city": "Oslo"}')], fragment=2))
+    response = await client.post("/v1/chat/completions", headers=auth(api_key), json={
+        "model": "cross-provider", "messages": MESSAGES, "tools": TOOLS, "stream": True})
+    assert response.status_code == 200
+    chunks = [json.loads(line[6:]) for line in response.text.splitlines()
+              if line.startswith("data: {")]
+    fragments = [f for c in chunks for f in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert fragments[0]["function"]["name"] == "weather" and fragments[0]["id"]
+    assert "".join(f["function"]["arguments"] for f in fragments) == '{"city": "Oslo"}'
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert [r.provider for r in upstreams.requests] == ["deepseek", "anthropic"]
+    record = (await records_for(gateway, [response.headers["x-request-id"]]))[response.headers["x-request-id"]]
+    assert (record["model"], record["status"]) == ("claude-haiku-4-5", "200")
+    assert int(record["completion_tokens"]) > 0
+
+
+async def test_scope_and_capabilities_together_never_reach_an_excluded_provider(client, gateway, upstreams):
+    email, key = await account_with_key(client)
+    response = await client.put("/v1/admin/account-scope", json={"email": email, "excluded_providers": ["openai"]},
+                                headers=bearer(gateway.environ["NEUROAPI_ADMIN_TOKEN"]))
+    assert response.status_code == 200
+    structured = {"model": "fast", "messages": MESSAGES, "response_format": SCHEMA_FORMAT}
+    # "fast": gpt-4o-mini is excluded, deepseek-chat cannot do json_schema: only Claude may serve.
+    for _ in range(4):
+        answer = await client.post("/v1/chat/completions", headers=auth(key), json=structured)
+        assert answer.status_code == 200 and answer.json()["model"] == "claude-haiku-4-5"
+    upstreams.script("claude-haiku-4-5", Behaviour(status=500))
+    assert (await client.post("/v1/chat/completions", headers=auth(key), json=structured)).status_code == 502
+    assert {r.provider for r in upstreams.requests} == {"anthropic"}
