@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from actors.accounts.deletion import delete_account
 from actors.accounts.export import export_account
+from actors.accounts.sealing import AccountSealer
 from actors.accounts.store import AccountError, AccountStore, normalise_email
 from actors.billing.service import BillingService
 from actors.billing.stripe_api import StripeBilling
@@ -120,11 +121,26 @@ def _billing(redis: Redis, settings: Settings) -> BillingService | None:
     if not settings.billing_enabled():
         return None
     stripe = StripeBilling(os.environ[STRIPE_SECRET_VARIABLE], settings.stripe_api_base)
-    return BillingService(settings, redis, stripe)
+    # Key material is loaded only when a customer is made (a usage report needs none).
+    return BillingService(settings, redis, stripe,
+                          email_of=lambda account_id: _accounts(redis, settings).email_of(account_id))
+
+
+def _material(settings: Settings):
+    material, generated = load_key_material(settings, create=True)
+    if generated:
+        say(f"generated development key material in {settings.data_dir / 'secrets.json'}")
+    return material
+
+
+def _accounts(redis: Redis, settings: Settings) -> AccountStore:
+    """Accounts with their emails opened: the email is sealed and its index keyed with the key
+    material (``actors.accounts.sealing``), which the CLI loads as the verifier pool does."""
+    return AccountStore(redis, AccountSealer(_material(settings)))
 
 
 async def _accounts_create(redis: Redis, settings: Settings, email: str) -> int:
-    account = await AccountStore(redis).create(email)
+    account = await _accounts(redis, settings).create(email)
     say(f"created account {account.id} for {account.email}")
     billing = _billing(redis, settings)
     if billing is not None:
@@ -134,13 +150,13 @@ async def _accounts_create(redis: Redis, settings: Settings, email: str) -> int:
 
 
 async def _accounts_export(redis: Redis, settings: Settings, email: str) -> int:
-    account = await AccountStore(redis).require(email)
-    print(json.dumps(await export_account(redis, account.id), indent=2))
+    account = await _accounts(redis, settings).require(email)
+    print(json.dumps(await export_account(redis, account.id, AccountSealer(_material(settings))), indent=2))
     return 0
 
 
 async def _accounts_delete(redis: Redis, settings: Settings, email: str) -> int:
-    account = await AccountStore(redis).require(email)
+    account = await _accounts(redis, settings).require(email)
     await delete_account(redis, account.id, actor=f"cli:{getpass.getuser()}")
     say(f"deleted account {account.id}: its keys are rejected everywhere; its data goes with the next purge batch")
     return 0
@@ -175,22 +191,23 @@ async def _billing_report(redis: Redis, settings: Settings) -> int:
 
 async def _accounts_scope(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
     service = ScopeService(redis, set(settings.providers))
-    _, scope = await service.lookup(args.email)  # an unknown account is reported before a bad option
+    account = await _accounts(redis, settings).require(args.email)  # reported before a bad option
+    _, scope = await service.lookup(account.id)
     email = normalise_email(args.email)  # as the account stores it
     if args.clear or args.in_house_only or args.exclude_provider:
         wanted = Scope(args.in_house_only, frozenset(args.exclude_provider or ()))
         if args.clear and wanted.restricted:
             raise ScopeError("--clear takes no other option")
-        _, confirmed = await service.set(args.email, wanted, actor=f"cli:{getpass.getuser()}")
+        _, confirmed = await service.set(account.id, wanted, actor=f"cli:{getpass.getuser()}")
         say(f"scope of {email} set; {confirmed} gateway replica(s) confirmed")
-        _, scope = await service.lookup(args.email)
+        _, scope = await service.lookup(account.id)
     excluded = ",".join(sorted(scope.excluded_providers)) or "-"
     print(f"{email}\tin_house_only={'yes' if scope.in_house_only else 'no'}\texcluded={excluded}")
     return 0
 
 
 async def _usage(redis: Redis, settings: Settings, email: str, month: str | None) -> int:
-    account = await AccountStore(redis).require(email)
+    account = await _accounts(redis, settings).require(email)
     if month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
         raise ConfigError("--month: use YYYY-MM")
     document = await usage_document(UsageStore(redis), account.id, [month] if month else None)
@@ -204,7 +221,7 @@ def _finetune_line(ft: FineTune) -> str:
 
 
 async def _finetunes(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
-    service = FineTuneService(settings, redis, AccountStore(redis).id_of)
+    service = FineTuneService(settings, redis, _accounts(redis, settings).id_of)
     actor = f"cli:{getpass.getuser()}"
     if args.action == "deploy":
         started = time.monotonic()
@@ -230,14 +247,11 @@ async def _finetunes(redis: Redis, settings: Settings, args: argparse.Namespace)
 
 
 def _key_store(redis: Redis, settings: Settings) -> KeyStore:
-    material, generated = load_key_material(settings, create=True)
-    if generated:
-        say(f"generated development key material in {settings.data_dir / 'secrets.json'}")
-    return KeyStore(redis, KeyCrypto(material))
+    return KeyStore(redis, KeyCrypto(_material(settings)))
 
 
 async def _keys_create(redis: Redis, settings: Settings, email: str, name: str) -> int:
-    account = await AccountStore(redis).require(email)
+    account = await _accounts(redis, settings).require(email)
     plaintext, info = await _key_store(redis, settings).create(account.id, name)
     say(f"created key {info.prefix} for {account.email}; it is shown once, store it now:")
     print(plaintext, flush=True)
@@ -245,7 +259,7 @@ async def _keys_create(redis: Redis, settings: Settings, email: str, name: str) 
 
 
 async def _keys_list(redis: Redis, settings: Settings, email: str) -> int:
-    account = await AccountStore(redis).require(email)
+    account = await _accounts(redis, settings).require(email)
     for info in await _key_store(redis, settings).list(account.id):
         print(f"{info.prefix}\t{info.status}\t{info.name}")
     return 0
@@ -260,7 +274,7 @@ async def _keys_revoke(redis: Redis, settings: Settings, prefix: str) -> int:
 async def _secrets_rotate(redis: Redis, settings: Settings, kind: str, resume: bool) -> int:
     report = await rotate(redis, settings, kind, add_version=not resume)
     say(report.summary())
-    if report.migration.left:
+    if report.left:
         say(f"  keep the older {kind} versions and re-run; a record that stays does not open or verify "
             "under the key material this command has")
         return 1

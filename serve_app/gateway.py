@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from actors.accounts.store import AccountStore
+from actors.accounts.store import AccountError
 from actors.accounts.throttle import SignupThrottle
 from actors.billing.service import BILLING_TOPIC, BillingService
 from actors.billing.stripe_api import StripeBilling
@@ -23,6 +23,7 @@ from actors.metering.spill import SpillFiles
 from actors.metering.usage_store import UsageStore
 from actors.routing.scopes import ACCOUNT_TOPIC
 from config.settings import STRIPE_SECRET_VARIABLE, STRIPE_WEBHOOK_SECRET_VARIABLE, Settings
+from core.errors import GatewayError
 from core.invalidation import InvalidationListener
 from core.naming import in_house_model_of
 from core.redis_conn import connect
@@ -56,7 +57,7 @@ class Gateway:
         self.observe_gateway_ms = observe_gateway_ms
         self.signups = SignupThrottle(self.redis, settings.signup_limit, settings.signup_window_s)
         self.usage = UsageStore(self.redis)
-        self.finetune_service = FineTuneService(settings, self.redis, AccountStore(self.redis).id_of)
+        self.finetune_service = FineTuneService(settings, self.redis, self._owner_of)
         self.listener = InvalidationListener(redis_url, self._invalidate, self._forget_everything,
                                              settings.cache_outage_serve_s)
         guard = FailedAuthGuard(self.redis, parse_networks(settings.trusted_proxies),
@@ -75,7 +76,8 @@ class Gateway:
         self.billing_gate: BillingGate | None = None
         if settings.billing_enabled(os.environ):
             stripe = StripeBilling(os.environ[STRIPE_SECRET_VARIABLE], settings.stripe_api_base)
-            self.billing = BillingService(settings, self.redis, stripe, os.environ.get(STRIPE_WEBHOOK_SECRET_VARIABLE, ""))
+            self.billing = BillingService(settings, self.redis, stripe, os.environ.get(STRIPE_WEBHOOK_SECRET_VARIABLE, ""),
+                                          email_of=self.verifier.email_of.remote)
             self.billing_gate = BillingGate(self.billing.store, self.usage, self.billing.free_micro,
                                             settings.billing_past_due_grace_s,
                                             cache_usable=lambda: self.listener.cache_usable)
@@ -98,6 +100,16 @@ class Gateway:
         self._records.add(record)  # to the metadata batcher in batches, off the request's path
         if self.billing_gate is not None and record.account_id:
             self.billing_gate.spent(record.account_id, record.cost_micro_units)
+
+    async def _owner_of(self, email: str) -> str:
+        """A fine-tune owner's account id. Emails are indexed with key material, which only the
+        verifier pool holds: it answers (``finetunes.service.OwnerLookup``)."""
+        try:
+            return await self.verifier.account_id_of.remote(email)
+        except GatewayError as error:
+            if error.code == "account_not_found":
+                raise AccountError(error.message.rstrip(".")) from None
+            raise
 
     async def _resolve_finetune(self, model: str, account_id: str):
         return await self._finetunes.resolve(model, account_id, self.listener.cache_usable, self.listener.healthy)

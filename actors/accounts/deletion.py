@@ -17,8 +17,9 @@ Until the purge the email stays taken (its index still names the account).
 
 ``purge_due`` (the housekeeping pass; ``neuroapi purge``), per due account, deletes:
 
-- ``neuroapi:account:<id>`` (email, password hash, status, scope fields, Stripe ids) and the
-  email index ``neuroapi:account-by-email:<sha256(email)>``;
+- ``neuroapi:account:<id>`` (sealed email, password hash, status, scope fields, Stripe ids)
+  and the email index, by the name the hash keeps (``email_index``; for a record from before
+  sealing, the SHA-256 name of its plaintext email), so the purge needs no key material;
 - every key record ``neuroapi:key:<prefix>`` and the set ``neuroapi:account:<id>:keys``;
 - the sessions (again: one opened while the deletion ran) and their index;
 - ``neuroapi:billing-by-customer:<customer>`` and the id in ``neuroapi:billing-accounts`` (the
@@ -56,7 +57,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from actors.accounts.sessions import SessionStore, account_sessions_key
-from actors.accounts.store import account_key, account_prefixes_key, email_index_key
+from actors.accounts.store import account_key, account_prefixes_key, email_index_of
 from actors.billing.store import ACCOUNTS_KEY, billing_key, customer_index_key
 from actors.keys.crypto import KeyCrypto
 from actors.keys.store import KeyStore, key_record_key
@@ -135,8 +136,7 @@ async def _purge(redis: aioredis.Redis, account_id: str) -> None:
                 await pipe.watch(account, prefix_set)
                 fields = await pipe.hgetall(account)
                 prefixes = set(await pipe.smembers(prefix_set))
-                email = fields.get("email", "")
-                index = email_index_key(email) if email else None
+                index = email_index_of(fields)
                 owns_index = index is not None and await pipe.get(index) == account_id
                 customer = fields.get("stripe_customer_id", "")
                 owns_customer = bool(customer) and await pipe.get(customer_index_key(customer)) == account_id

@@ -22,7 +22,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from actors.accounts.sessions import session_key
-from actors.accounts.store import account_key, account_prefixes_key, account_usage_key
+from actors.accounts.sealing import AccountSealer
+from actors.accounts.store import (EMAIL_INDEX, EMAIL_SEALED, LEGACY_EMAIL, AccountStore, account_key,
+                                   account_prefixes_key, account_usage_key)
 from actors.billing.reporter import cursor_key, ledger_key
 from actors.billing.store import BillingStore, event_key
 from actors.keys.store import key_record_key
@@ -34,7 +36,8 @@ from finetunes.registry import FineTuneRegistry
 # Key name templates of what is the account's, and the export section that holds each one's data.
 KEYS_OF_ACCOUNT: dict[str, str] = {
     "neuroapi:account:{account}": "account",  # + "scope" and "billing" (stripe ids) fields
-    "neuroapi:account-by-email:{email_sha256}": "account",
+    "neuroapi:account-by-email:v{pepper_version}:{email_hmac}": "account",  # keyed (actors.accounts.sealing)
+    "neuroapi:account-by-email:{email_sha256}": "account",  # a record from before sealing, until moved
     "neuroapi:account:{account}:keys": "keys",
     "neuroapi:key:{prefix}": "keys",
     "neuroapi:account:{account}:sessions": "sessions",  # the per-account index (set or zset)
@@ -60,6 +63,7 @@ _KEY_SECRETS = frozenset({"digest", "ciphertext", "pepper_version", "envelope_ve
 _SECRET_NAME = re.compile(r"password|secret|token|digest|cipher|hash|pepper", re.IGNORECASE)
 _STRIPE_FIELDS = {"stripe_customer_id": "customer_id", "stripe_subscription_id": "subscription_id"}
 _SCOPE_FIELDS = (IN_HOUSE_FIELD, EXCLUDED_FIELD)
+_EMAIL_FIELDS = (EMAIL_SEALED, EMAIL_INDEX, LEGACY_EMAIL)  # the document has the email, opened
 _INT = re.compile(r"-?\d{1,18}")
 _TOKEN_SPLIT = re.compile(r"[\s,;:\"'()\[\]{}<>=/|\\]+")
 _PAGE = 1000
@@ -98,21 +102,25 @@ def _mentions(fields: dict[str, str], identifiers: set[str]) -> bool:
     return any(identifiers.intersection(_TOKEN_SPLIT.split(value)) for value in fields.values())
 
 
-async def export_account(redis: aioredis.Redis, account_id: str) -> dict[str, Any]:
+async def export_account(redis: aioredis.Redis, account_id: str, sealer: AccountSealer) -> dict[str, Any]:
     """The account's document (shape in tests/unit/test_account_export.py and the docstring
-    above). Raises LookupError for an account that does not exist (or was purged)."""
+    above). Raises LookupError for an account that does not exist (or was purged). The email is
+    sealed at rest: ``sealer`` opens it, so this runs where key material is (the verifier pool,
+    the CLI)."""
+    opened = await AccountStore(redis, sealer).get(account_id)
     stored = await redis.hgetall(account_key(account_id))
-    if not stored:
+    if opened is None or not stored:
         raise LookupError("no such account")
-    account: dict[str, Any] = {"id": account_id}
+    account: dict[str, Any] = {"id": account_id, "email": opened.email}
     for name, value in sorted(stored.items()):
-        if name not in _STRIPE_FIELDS and name not in _SCOPE_FIELDS and not _SECRET_NAME.search(name):
+        if (name not in _STRIPE_FIELDS and name not in _SCOPE_FIELDS and name not in _EMAIL_FIELDS
+                and not _SECRET_NAME.search(name)):
             account[name] = _number(value)
 
     keys = await _keys(redis, account_id)
     prefixes = {key["prefix"] for key in keys}
     billing_state = await BillingStore(redis).state(account_id)
-    identifiers = {account_id, *prefixes, stored.get("email", ""), billing_state.customer_id,
+    identifiers = {account_id, *prefixes, opened.email, billing_state.customer_id,
                    billing_state.subscription_id} - {""}
     finetunes = await _finetunes(redis, account_id)
     return {

@@ -1,7 +1,8 @@
 """Self-service accounts as plain Python: sign up, log in and out, and manage one's own keys.
 
 Runs inside the key-verifier pool (the processes that hold key material): minting a key seals
-it, and a session token is signed with a key derived from the pepper. bcrypt runs in threads
+it, a session token is signed with a key derived from the pepper, and an account's email is
+sealed and its index keyed (``actors.accounts.sealing``). bcrypt runs in threads
 so a login never stalls the key checks sharing the replica's event loop; sign-ups and log-ins
 each have their own bounded budget of threads (``actors.accounts.work_budget``), so a sign-up flood never
 queues in front of a log-in, and past its budget a call is refused (``Busy``) at once."""
@@ -13,6 +14,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from actors.accounts.passwords import check_rules, hash_password, verify_password
+from actors.accounts.sealing import AccountSealer
 from actors.accounts.sessions import Session, SessionStore, SessionTokens
 from actors.accounts.store import Account, AccountStore, normalise_email
 from actors.accounts.work_budget import WorkBudget
@@ -34,7 +36,8 @@ class AccountService:
         self._material = material
         self._password_rounds = password_rounds
         self._session_ttl_s = session_ttl_s
-        self._accounts = AccountStore(redis)
+        # Opens and seals the email with whatever material is current (reloads included).
+        self.accounts = self._accounts = AccountStore(redis, AccountSealer(material))
         self._sessions = SessionStore(redis)
         self._built_from: KeyMaterial | None = None
         self._signup_budget = WorkBudget("signup", SIGNUP_HASHING, SIGNUP_WAITING, nice=SIGNUP_NICE)
@@ -76,8 +79,7 @@ class AccountService:
         session = self._current()[1].check(token)
         if session is None or not await self._sessions.is_open(session):
             return None
-        account = await self._accounts.get(session.account_id)
-        return session if account is not None and account.status == "active" else None
+        return session if await self._accounts.status(session.account_id) == "active" else None
 
     async def logout(self, token: str) -> bool:
         session = await self.session(token)

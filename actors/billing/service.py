@@ -1,15 +1,20 @@
 """Billing as the API and the CLI use it: a customer per account (made at sign-up, or later if
 Stripe was away), Checkout and portal links, the account's billing overview, and webhooks
-applied once with every ingress replica told before the webhook is answered."""
+applied once with every ingress replica told before the webhook is answered.
+
+A new Stripe customer is named with the account's email, which is sealed at rest
+(``actors.accounts.sealing``): ``email_of`` opens it where key material is (the ingress asks the
+verifier pool; the CLI opens it itself). A process given none (the usage reporter) never makes
+customers."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from actors.accounts.store import AccountStore
 from actors.billing.gate import allowed
 from actors.billing.reporter import Subscribed, UsageReporter
 from actors.billing.store import BillingStore
@@ -43,13 +48,13 @@ class StoredSubscriptions:
 
 class BillingService:
     def __init__(self, settings: Settings, redis: aioredis.Redis, stripe: StripeBilling,
-                 webhook_secret: str = ""):
+                 webhook_secret: str = "", *, email_of: Callable[[str], Awaitable[str]] | None = None):
         self._settings = settings
         self._redis = redis
         self._stripe = stripe
         self._webhook_secret = webhook_secret
         self.store = BillingStore(redis)
-        self._accounts = AccountStore(redis)
+        self._email_of = email_of
         self._usage = UsageStore(redis)
 
     @property
@@ -68,8 +73,9 @@ class BillingService:
         customer = await self.store.customer_id(account_id)
         if customer:
             return customer
-        account = await self._accounts.get(account_id)
-        customer = await self._stripe.create_customer(account.email, account_id)
+        if self._email_of is None:
+            raise RuntimeError("this process cannot open account emails, so it makes no Stripe customer")
+        customer = await self._stripe.create_customer(await self._email_of(account_id), account_id)
         await self.store.set_customer(account_id, customer)
         return customer
 

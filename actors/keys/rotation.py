@@ -6,7 +6,11 @@ secrets file gets it here; an environment must have it everywhere already); (2) 
 that holds key material reloads it and acknowledges (``actors.keys.material``), and one that
 cannot find the new version does not, which stops the rotation before any record moves; (3)
 records move one by one. Until a record moves it keeps verifying under its old version, since
-replicas accept any version they hold; after, under the new one.
+replicas accept any version they hold; after, under the new one. (4) Then every account moves
+too (``AccountStore.reseal``): its email sealed under the newest envelope key and its email
+index named under the newest pepper, whichever kind rotated, and a record from before sealing
+is sealed and re-indexed here. Until an account moves, lookups still find it under its older
+index name and open it under its older envelope key.
 
 Each record moves with one compare-and-set (a Lua script): it writes the new digest (or
 ciphertext) and its version together, only if the old ones are still there, and never touches
@@ -17,12 +21,15 @@ logs, prints or raises with key material."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from actors.accounts.sealing import AccountSealer
+from actors.accounts.store import AccountStore, Resealed, account_key
 from actors.keys.crypto import InvalidToken, KeyCrypto
 from actors.keys.material import SECRETS_TOPIC, reload_subject
 from actors.keys.store import key_record_key
@@ -32,6 +39,8 @@ from core.invalidation import InvalidationTimeout, broadcast
 from core.key_format import PREFIX_PATTERN, parse_key
 
 RECORD_PATTERN = key_record_key("*")
+ACCOUNT_PATTERN = account_key("*")
+_ACCOUNT_RECORD = re.compile(re.escape(account_key("")) + r"[^:]+")  # not its :keys, :usage:... keys
 READ_FIELDS = ("digest", "pepper_version", "ciphertext", "envelope_version")
 # kind -> (the field that changes, the field that holds its version)
 FIELDS = {"pepper": ("digest", "pepper_version"), "envelope": ("ciphertext", "envelope_version")}
@@ -68,14 +77,20 @@ class RotationReport:
     version: int  # the target: the newest version of that kind
     added_to: str | None  # the secrets file that gained it, or None (environment, --resume)
     replicas: int  # replicas that confirmed they reloaded
-    migration: Migration
+    migration: Migration  # key records
+    accounts: Migration = Migration(0, 0, 0)  # account records (sealed email, email index)
+
+    @property
+    def left(self) -> int:
+        return self.migration.left + self.accounts.left
 
     def summary(self) -> str:
         where = f"added to {self.added_to}" if self.added_to else "already in the key material"
         m = self.migration
         return (f"rotate-{self.kind}: {self.kind} v{self.version} is current ({where}); "
                 f"{self.replicas} replica(s) confirmed; {m.migrated} record(s) migrated, "
-                f"{m.skipped} skipped, {m.left} left on older versions")
+                f"{m.skipped} skipped, {m.left} left on older versions; {self.accounts.migrated} account(s) "
+                f"resealed, {self.accounts.skipped} current, {self.accounts.left} left")
 
 
 def _version(text: str | None) -> int | None:
@@ -179,6 +194,23 @@ async def migrate(redis: aioredis.Redis, crypto: KeyCrypto, kind: str) -> Migrat
     return Migration(migrated, skipped or 0, counts.unreadable + counts.conflicts)
 
 
+async def migrate_accounts(redis: aioredis.Redis, sealer: AccountSealer) -> Migration:
+    """Move every account to ``sealer``'s newest envelope key and pepper. Safe to run again,
+    and alongside sign-ups, log-ins (which move a record they touch) and deletions."""
+    store = AccountStore(redis, sealer)
+    migrated, skipped = 0, None
+    for _ in range(MAX_PASSES):
+        counts = dict.fromkeys(Resealed, 0)
+        async for key in redis.scan_iter(match=ACCOUNT_PATTERN, count=BATCH):
+            if _ACCOUNT_RECORD.fullmatch(key):
+                counts[await store.reseal(key.removeprefix(account_key("")))] += 1
+        migrated += counts[Resealed.MOVED]
+        skipped = counts[Resealed.CURRENT] if skipped is None else skipped
+        if counts[Resealed.MOVED] == 0 and counts[Resealed.CONFLICT] == 0:
+            break
+    return Migration(migrated, skipped or 0, counts[Resealed.UNREADABLE] + counts[Resealed.CONFLICT])
+
+
 async def rotate(
     redis: aioredis.Redis,
     settings: Settings,
@@ -211,4 +243,6 @@ async def rotate(
             f"{error}: not every replica holds {kind} v{version}, so no record was changed; "
             f"give every replica the new version ({material.source}), {then}"
         ) from None
-    return RotationReport(kind, version, added_to, replicas, await migrate(redis, crypto, kind))
+    migration = await migrate(redis, crypto, kind)
+    return RotationReport(kind, version, added_to, replicas, migration,
+                          await migrate_accounts(redis, AccountSealer(material)))

@@ -1,7 +1,9 @@
 """The key-verifier pool: the only processes that hold the pepper and read key records.
 
 Besides checking keys it serves the account endpoints (``actors.accounts.service``): they mint
-keys and sign session tokens, which needs the same key material. Domain errors come back as
+keys and sign session tokens, which needs the same key material. It is also where every other
+deployment turns an email into an account and back, and where the export is read: an account's
+email is sealed and its index keyed with that material (``actors.accounts.sealing``). Domain errors come back as
 ``GatewayError`` values for the ingress to raise, Redis out of reach too (503 with Retry-After)."""
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from actors.accounts.deletion import delete_account
+from actors.accounts.export import export_account
 from actors.accounts.passwords import PasswordError
 from actors.accounts.service import AccountService
 from actors.accounts.sessions import Session
+from actors.accounts.sealing import AccountSealer
 from actors.accounts.store import Account, AccountError, AccountExists
 from actors.accounts.work_budget import Busy
 from actors.keys.material import ReplicaKeyMaterial
@@ -103,6 +107,30 @@ class KeyVerifier:
         except Busy:
             return busy("Too many log-ins are being processed", "login_busy")
         return await delete_account(self._redis, account_id)
+
+    @redis_down_is_503
+    async def account_id_of(self, email: str) -> str | GatewayError:
+        """The id of the account with this email (operators' tools: scopes, fine-tune owners)."""
+        try:
+            return await self._accounts.accounts.id_of(email)
+        except AccountError as error:
+            return GatewayError(404, f"{error}.", code="account_not_found", param="email")
+
+    @redis_down_is_503
+    async def email_of(self, account_id: str) -> str | GatewayError:
+        """The account's email, opened (billing names the Stripe customer with it)."""
+        try:
+            return await self._accounts.accounts.email_of(account_id)
+        except AccountError as error:
+            return GatewayError(404, f"{error}.", code="account_not_found")
+
+    @redis_down_is_503
+    async def export_account(self, account_id: str) -> dict | GatewayError:
+        """Everything held about the account (``actors.accounts.export``), its email opened."""
+        try:
+            return await export_account(self._redis, account_id, AccountSealer(self._material.current))
+        except (LookupError, AccountError):
+            return GatewayError(404, "No such account.", code="account_not_found")
 
     async def record_key_uses(self, last_used: dict[str, int]) -> None:
         await self._accounts.record_key_uses(last_used)

@@ -27,17 +27,18 @@ class ModeRouter:
     async def table(self) -> RoutingTable:
         return self._table
 
-    async def scope(self, email: str) -> tuple[str, Scope] | GatewayError:
-        """(account id, its scope)."""
+    async def scope(self, account_id: str) -> tuple[str, Scope] | GatewayError:
+        """(account id, its scope). The admin API turns the email into the id at the verifier
+        pool first: the email index is keyed with key material this deployment does not hold."""
         try:
-            return await self._scopes.lookup(email)
+            return await self._scopes.lookup(account_id)
         except AccountError as error:
             return GatewayError(404, f"{error}.", code="account_not_found", param="email")
 
-    async def set_scope(self, email: str, scope: Scope, actor: str) -> tuple[str, int] | GatewayError:
+    async def set_scope(self, account_id: str, scope: Scope, actor: str) -> tuple[str, int] | GatewayError:
         """(account id, replicas that confirmed) once every replica routes under ``scope``."""
         try:
-            return await self._scopes.set(email, scope, actor)
+            return await self._scopes.set(account_id, scope, actor)
         except AccountError as error:
             return GatewayError(404, f"{error}.", code="account_not_found", param="email")
         except ScopeError as error:

@@ -14,11 +14,19 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from actors.accounts.export import export_account
+from actors.accounts.sealing import AccountSealer
+from config.secrets import load_key_material
+from config.settings import load_settings
 from tests.support.gateway_client import bearer, records_for
 from tests.support.leak_scan import scan_redis
 
 PASSWORD = "a long enough password"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def sealer_of(gateway) -> AccountSealer:
+    """What opens the gateway's sealed account fields: its own key material."""
+    return AccountSealer(load_key_material(load_settings(gateway.config_path))[0])
 
 
 def neuroapi(gateway, *args: str) -> subprocess.CompletedProcess:
@@ -53,6 +61,10 @@ async def test_export_holds_the_account_its_keys_usage_and_calls_and_no_secret(g
 async def test_deletion_rejects_keys_and_sessions_everywhere_at_once_then_the_purge_forgets(gateway, client):
     email, account_id, token, key = await account(client)
     other_email, other_id, _, other_key = await account(client)
+    redis = aioredis.Redis.from_url(gateway.redis.url, decode_responses=True)
+    email_index = await redis.hget(f"neuroapi:account:{account_id}", "email_index")
+    await redis.aclose()
+    assert email_index and email_index.startswith("neuroapi:account-by-email:v")
     wrong = await client.request("DELETE", "/v1/account", json={"password": "not it at all"}, headers=bearer(token))
     assert wrong.status_code == 401
     deleted = await client.request("DELETE", "/v1/account", json={"password": PASSWORD}, headers=bearer(token))
@@ -67,12 +79,12 @@ async def test_deletion_rejects_keys_and_sessions_everywhere_at_once_then_the_pu
     purge = neuroapi(gateway, "purge")
     assert purge.returncode == 0, purge.stderr
     assert account_id in purge.stdout
-    for needle in (email, hashlib.sha256(email.encode()).hexdigest(), key[:len("neuro_") + 8]):
+    for needle in (email, hashlib.sha256(email.encode()).hexdigest(), email_index, key[:len("neuro_") + 8]):
         assert scan_redis(gateway.redis.url, needle) == []
     redis = aioredis.Redis.from_url(gateway.redis.url, decode_responses=True)
     try:
         assert await redis.exists(f"neuroapi:account:{account_id}") == 0
-        assert (await export_account(redis, other_id))["account"]["email"] == other_email  # untouched
+        assert (await export_account(redis, other_id, sealer_of(gateway)))["account"]["email"] == other_email
     finally:
         await redis.aclose()
     again = neuroapi(gateway, "purge")  # a second purge is a no-op

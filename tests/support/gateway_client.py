@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from actors.accounts.sealing import AccountSealer
 from actors.accounts.store import AccountStore
 from actors.keys.crypto import KeyCrypto
 from actors.keys.store import KeyStore
@@ -27,7 +28,7 @@ async def mint_key(gateway) -> str:
     redis = aioredis.Redis.from_url(gateway.redis.url, decode_responses=True)
     settings = load_settings(gateway.config_path)
     material, _ = load_key_material(settings)
-    account = await AccountStore(redis).create(f"it-{secrets.token_hex(4)}@example.com")
+    account = await AccountStore(redis, AccountSealer(material)).create(f"it-{secrets.token_hex(4)}@example.com")
     plaintext, _ = await KeyStore(redis, KeyCrypto(material)).create(account.id, "test")
     await redis.aclose()
     return plaintext

@@ -16,12 +16,11 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.accounts import store as account_store
+from actors.accounts import store as store_module
 from actors.accounts.deletion import PURGE_QUEUE, delete_account, purge_due
 from actors.accounts.passwords import hash_password
 from actors.accounts.service import AccountService
 from actors.accounts.sessions import SessionStore, SessionTokens
-from actors.accounts.store import AccountStore
 from actors.billing.store import ACCOUNTS_KEY, BillingStore
 from actors.keys.crypto import KeyCrypto
 from actors.keys.store import KeyStore
@@ -32,7 +31,7 @@ from core.audit import AUDIT_STREAM
 from core.invalidation import HOLDERS
 from core.scope import Scope
 from finetunes.registry import FineTune, FineTuneRegistry
-from tests.support.key_material import material
+from tests.support.key_material import account_store, material
 from tests.support.listeners import listening
 
 PASSWORD = "a long enough password"
@@ -49,7 +48,7 @@ def key_material():
 async def populate(redis, key_material, email: str, customer: str) -> SimpleNamespace:
     """An account with everything: keys (one revoked), sessions, usage in two months and their
     calls, a scope change (audited), a Stripe customer and subscription, an owned fine-tune."""
-    account = await AccountStore(redis).create(email, hash_password(PASSWORD, 4))
+    account = await account_store(redis, key_material).create(email, hash_password(PASSWORD, 4))
     keys = KeyStore(redis, KeyCrypto(key_material))
     live, live_info = await keys.create(account.id, "live")
     dead, dead_info = await keys.create(account.id, "dead")
@@ -120,7 +119,7 @@ async def test_deletion_ends_keys_and_sessions_at_once_on_every_replica(own_redi
     assert [await sessions.is_open(s) for s in account.sessions] == [False, False]
     service = AccountService(redis, lambda: key_material, password_rounds=4)
     assert await service.login(account.email, PASSWORD) is None
-    assert (await AccountStore(redis).get(account.id)).status == "deleted"
+    assert (await account_store(redis, key_material).get(account.id)).status == "deleted"
     assert await redis.zscore(PURGE_QUEUE, account.id) <= time.time()
     # The other account still works.
     assert (await keys.verify(other.keys[0])).account_id == other.id
@@ -160,12 +159,12 @@ async def test_purge_leaves_only_the_accounting_records(redis, key_material):
     audited = [f for f in after[AUDIT_STREAM].values() if f.get("account_id") == account.id]
     assert [f["action"] for f in audited] == ["scope.set", "account.delete", "account.purge"]
     # The email is free again, and nothing of the account can come back.
-    assert await AccountStore(redis).by_email(account.email) is None
-    await AccountStore(redis).create(account.email)
+    assert await account_store(redis, key_material).by_email(account.email) is None
+    await account_store(redis, key_material).create(account.email)
     with pytest.raises(LookupError):
         await KeyStore(redis, KeyCrypto(key_material)).create(account.id)
     assert other.id in after[ACCOUNTS_KEY]
-    assert (await AccountStore(redis).by_email(other.email)).id == other.id
+    assert (await account_store(redis, key_material).by_email(other.email)).id == other.id
 
 
 async def test_a_second_delete_or_purge_changes_nothing(redis, key_material):
@@ -219,7 +218,7 @@ async def delete_one_of(url: str, key_material, emails: list[str], ids: list[str
         drawn_ids = iter(ids)
         fake = SimpleNamespace(token_hex=lambda _n: next(drawn_ids))
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(account_store, "secrets", fake)  # ids acct_0, acct_00, acct_0a, ...
+            patch.setattr(store_module, "secrets", fake)  # ids acct_0, acct_00, acct_0a, ...
             accounts = [await populate(redis, key_material, email, "cus_" + "a" * (i + 1))
                         for i, email in enumerate(emails)]
         gone = accounts[target]
@@ -243,6 +242,6 @@ async def delete_one_of(url: str, key_material, emails: list[str], ids: list[str
         assert {i: f for i, f in after[AUDIT_STREAM].items() if i in before[AUDIT_STREAM]} == before[AUDIT_STREAM]
         for other in accounts:
             if other is not gone:
-                assert (await AccountStore(redis).by_email(other.email)).id == other.id
+                assert (await account_store(redis, key_material).by_email(other.email)).id == other.id
     finally:
         await redis.aclose()

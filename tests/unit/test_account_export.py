@@ -15,8 +15,8 @@ import pytest
 
 from actors.accounts.export import KEYS_OF_ACCOUNT, SESSION_ID_SHOWN, SHARED_OF_ACCOUNT, export_account
 from actors.accounts.passwords import hash_password
+from actors.accounts.sealing import AccountSealer
 from actors.accounts.sessions import SessionStore, SessionTokens, session_key
-from actors.accounts.store import AccountStore
 from actors.billing.reporter import Subscribed, UsageReporter, month_start
 from actors.billing.store import BillingStore
 from actors.keys.crypto import KeyCrypto
@@ -27,11 +27,12 @@ from core.audit import AUDIT_STREAM, audit
 from core.scope import EXCLUDED_FIELD, IN_HOUSE_FIELD, Scope
 from finetunes.registry import FineTune, FineTuneRegistry
 from tests.support.call_records import MARCH, record
-from tests.support.key_material import material
+from tests.support.key_material import ACCOUNTS_MATERIAL, account_store, material
 
 APRIL_MS = month_start("2026-04") * 1000 + 3600_000
 NOW = month_start("2026-04") + 86400  # the reporter's pass: March closed, April open
 KEY_SECRET_FIELDS = ("digest", "ciphertext")
+SEALER = AccountSealer(ACCOUNTS_MATERIAL)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Subscriptions:
 
 
 async def build(redis, crypto, tokens, email: str, tag: str) -> Built:
-    account = await AccountStore(redis).create(email, hash_password("correct horse battery", 4))
+    account = await account_store(redis).create(email, hash_password("correct horse battery", 4))
     built = Built(account.id, account.email, f"cus_{tag}0001", f"sub_{tag}0001")
     keys = KeyStore(redis, crypto)
     for name in ("laptop", "ci", "old"):
@@ -188,8 +189,15 @@ async def _check_key(redis, doc: dict, template: str, parts: dict[str, str], key
         stripe = {"customer_id": fields.get("stripe_customer_id"),
                   "subscription_id": fields.get("stripe_subscription_id")}
         problems += _same_fields(key + " (stripe ids)", billing, stripe)
+        opened = SEALER.open(fields["email_sealed"]) if "email_sealed" in fields else fields.get("email")
+        problems += [] if account.get("email") == opened else [f"{key}: its email is not the exported one"]
         return problems + _same_fields(key, account, fields, skip={
-            "password_hash", IN_HOUSE_FIELD, EXCLUDED_FIELD, "stripe_customer_id", "stripe_subscription_id"})
+            "password_hash", IN_HOUSE_FIELD, EXCLUDED_FIELD, "stripe_customer_id", "stripe_subscription_id",
+            "email_sealed", "email_index", "email"})
+    if template == "neuroapi:account-by-email:v{pepper_version}:{email_hmac}":
+        ok = (SEALER.email_index_key(account["email"], int(parts["pepper_version"])) == key
+              and await redis.get(key) == account["id"])
+        return [] if ok else [f"{key}: its email is not the exported one"]
     if template == "neuroapi:account-by-email:{email_sha256}":
         ok = (hashlib.sha256(account["email"].encode()).hexdigest() == parts["email_sha256"]
               and await redis.get(key) == account["id"])
@@ -277,7 +285,7 @@ async def _walk(redis, doc: dict, of: Built) -> tuple[list[str], set[str]]:
 
 async def test_the_export_holds_every_key_and_entry_naming_the_account_and_nothing_else(redis, two_accounts):
     ann, bob = two_accounts
-    doc = await export_account(redis, ann.id)
+    doc = await export_account(redis, ann.id, SEALER)
     assert json.loads(json.dumps(doc)) == doc  # one JSON document, as is
 
     problems, seen = await _walk(redis, doc, ann)
@@ -291,7 +299,8 @@ async def test_the_export_holds_every_key_and_entry_naming_the_account_and_nothi
     assert "shared-tone" not in leaves and "secrets.rotate" not in leaves
     # The walk is not vacuous: setup made every kind of key (the session index only where
     # SessionStore keeps one) and entries in both streams.
-    expected = set(KEYS_OF_ACCOUNT) - {"neuroapi:account:{account}:sessions"} | {"neuroapi:billing-accounts"}
+    expected = set(KEYS_OF_ACCOUNT) - {"neuroapi:account:{account}:sessions",
+                                       "neuroapi:account-by-email:{email_sha256}"} | {"neuroapi:billing-accounts"}
     assert expected <= seen
     assert len(doc["calls"]) == 3 and {c["request_id"] for c in doc["calls"]} == set(ann.request_ids)
     assert [a["action"] for a in doc["audit"]] == ["scope.set", "finetune.stage", "finetune.deploy"]
@@ -299,9 +308,9 @@ async def test_the_export_holds_every_key_and_entry_naming_the_account_and_nothi
 
 async def test_no_secret_is_ever_exported(redis, two_accounts):
     ann, _ = two_accounts
-    doc = await export_account(redis, ann.id)
+    doc = await export_account(redis, ann.id, SEALER)
     leaves = _leaves(doc)
-    secrets = [await AccountStore(redis).password_hash(ann.id), *ann.plaintexts, *ann.sessions]
+    secrets = [await account_store(redis).password_hash(ann.id), *ann.plaintexts, *ann.sessions]
     for prefix in ann.prefixes:
         secrets += await redis.hmget(f"neuroapi:key:{prefix}", *KEY_SECRET_FIELDS)
     assert all(s and len(s) > SESSION_ID_SHOWN for s in secrets)
@@ -313,7 +322,7 @@ async def test_no_secret_is_ever_exported(redis, two_accounts):
 
 async def test_the_user_sees_its_keys_revoked_ones_too_and_its_months(redis, two_accounts):
     ann, _ = two_accounts
-    doc = await export_account(redis, ann.id)
+    doc = await export_account(redis, ann.id, SEALER)
     assert doc["object"] == "account_export" and doc["account"]["email"] == "ann@example.org"
     keys = {k["name"]: k for k in doc["keys"]}
     assert keys["ann-old"]["status"] == "revoked" and keys["ann-old"]["revoked_at"] >= NOW - 86400
@@ -328,8 +337,8 @@ async def test_the_user_sees_its_keys_revoked_ones_too_and_its_months(redis, two
 
 
 async def test_sessions_are_found_with_and_without_the_per_account_index(redis):
-    ann = await AccountStore(redis).create("ann@example.org")
-    bob = await AccountStore(redis).create("bob@example.net")
+    ann = await account_store(redis).create("ann@example.org")
+    bob = await account_store(redis).create("bob@example.net")
     tokens = SessionTokens(material().peppers)
     opened = {}
     for account in (ann, bob):
@@ -344,14 +353,14 @@ async def test_sessions_are_found_with_and_without_the_per_account_index(redis):
     else:
         await redis.sadd(index, "expiredExpiredExpir0")
 
-    sessions = (await export_account(redis, ann.id))["sessions"]
+    sessions = (await export_account(redis, ann.id, SEALER))["sessions"]
     assert sorted(s["session_id_prefix"] for s in sessions) == sorted(
         [opened[ann.id].session_id[:SESSION_ID_SHOWN], "legacyLe"])
 
 
 async def test_an_unknown_account_has_no_export(redis):
     with pytest.raises(LookupError):
-        await export_account(redis, "acct_0000000000000000")
+        await export_account(redis, "acct_0000000000000000", SEALER)
     assert not [k async for k in redis.scan_iter("*")]  # and reading wrote nothing
 
 
@@ -359,11 +368,11 @@ async def test_calls_and_audit_are_found_across_stream_pages(redis, monkeypatch)
     from actors.accounts import export
 
     monkeypatch.setattr(export, "_PAGE", 2)
-    account = await AccountStore(redis).create("ann@example.org")
+    account = await account_store(redis).create("ann@example.org")
     calls = [record(account.id, timestamp_ms=MARCH + i) for i in range(5)]
     await UsageStore(redis).write(calls + [record("acct_someoneelse0000", timestamp_ms=MARCH + 9)])
     for _ in range(3):
         await audit(redis, "ops", "scope.set", account_id=account.id)
-    doc = await export_account(redis, account.id)
+    doc = await export_account(redis, account.id, SEALER)
     assert [c["request_id"] for c in doc["calls"]] == [c.request_id for c in calls]
     assert len(doc["audit"]) == 3 and await redis.xlen(CALLS_STREAM) == 6 and await redis.xlen(AUDIT_STREAM) == 3

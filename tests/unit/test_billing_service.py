@@ -9,12 +9,13 @@ import time
 
 import pytest
 
-from actors.accounts.store import AccountStore, account_usage_key
+from actors.accounts.store import account_usage_key
 from actors.billing.service import BILLING_TOPIC, BillingService
 from actors.billing.stripe_api import BillingUnavailable, StripeBilling
 from actors.billing.webhooks import InvalidWebhook
 from actors.metering.record import current_month
 from config.settings import load_settings
+from tests.support.key_material import account_store
 from tests.support.listeners import listening
 from tests.support.stripe_server import METERED_PRICE, SECRET_KEY, FakeStripe, sign_webhook, webhook_event
 
@@ -32,13 +33,14 @@ def fake():
 async def billing(fake, redis, tmp_path):
     settings = load_settings(environ={"NEUROAPI_DATA_DIR": str(tmp_path)}).model_copy(update={
         "stripe_price": METERED_PRICE, "billing_free_cost_units": 10})
-    service = BillingService(settings, redis, StripeBilling(SECRET_KEY, fake.url), WEBHOOK_SECRET)
+    service = BillingService(settings, redis, StripeBilling(SECRET_KEY, fake.url), WEBHOOK_SECRET,
+                             email_of=account_store(redis).email_of)
     yield service
     await service.aclose()
 
 
 async def new_account(redis) -> str:
-    return (await AccountStore(redis).create("dev@example.com")).id
+    return (await account_store(redis).create("dev@example.com")).id
 
 
 async def test_a_customer_is_made_once_per_account(billing, fake, redis):

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from redis.asyncio.client import Pipeline
 
-from actors.accounts.store import AccountError, AccountStore, account_key
+from actors.accounts.store import AccountError, account_key
 from actors.billing.store import (
     ACCOUNTS_KEY,
     EVENT_TTL_S,
@@ -17,10 +17,11 @@ from actors.billing.store import (
     billing_key,
     event_key,
 )
+from tests.support.key_material import account_store
 
 
 async def _account(redis, email="billing@example.com") -> str:
-    return (await AccountStore(redis).create(email)).id
+    return (await account_store(redis).create(email)).id
 
 
 async def test_customer_is_stored_on_the_account_and_indexed(redis):
@@ -35,7 +36,7 @@ async def test_customer_is_stored_on_the_account_and_indexed(redis):
     assert await store.account_for_customer("cus_A") == account_id
     assert await store.accounts() == [account_id]
     # The rest of the account hash is untouched.
-    assert (await AccountStore(redis).get(account_id)).email == "billing@example.com"
+    assert (await account_store(redis).get(account_id)).email == "billing@example.com"
 
 
 async def test_a_replaced_customer_no_longer_finds_the_account(redis):

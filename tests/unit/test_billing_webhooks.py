@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from actors.accounts.store import AccountStore, account_usage_key
+from actors.accounts.store import account_usage_key
 from actors.billing.store import BillingStore, event_key
 from actors.billing.webhooks import InvalidWebhook, apply, verify
 from actors.metering.record import current_month
+from tests.support.key_material import account_store
 
 SECRET = "whsec_test_" + "a" * 24
 NOW = 1_773_000_000  # 2026-03-08 UTC
@@ -64,7 +65,7 @@ def checkout(sub_id: str, customer: str = "cus_A") -> dict:
 
 @pytest.fixture
 async def account(redis) -> str:
-    account_id = (await AccountStore(redis).create("payer@example.com")).id
+    account_id = (await account_store(redis).create("payer@example.com")).id
     await BillingStore(redis).set_customer(account_id, "cus_A")
     return account_id
 
@@ -139,7 +140,7 @@ async def test_a_duplicate_delivery_is_applied_once(redis, account):
 
 
 async def test_an_event_for_an_unknown_customer_is_not_marked_so_a_redelivery_applies(redis):
-    account_id = (await AccountStore(redis).create("late@example.com")).id
+    account_id = (await account_store(redis).create("late@example.com")).id
     body = event("evt_early", "customer.subscription.created",
                  subscription("sub_9", "active", customer="cus_late"), NOW)
     assert await deliver(redis, body) is None

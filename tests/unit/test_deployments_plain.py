@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from actors.accounts.sessions import Session
-from actors.accounts.store import Account, AccountStore
+from actors.accounts.store import Account
 from actors.keys.store import KeyInfo, VerifiedKey
 from actors.keys.verifier import KeyVerifier
 from actors.metering.batcher_deployment import MetadataBatcher
@@ -28,6 +28,7 @@ from models.model_server import ModelServer
 from serve_app.runtime import free_port
 from tests.conftest import key_material_environment
 from tests.support.call_records import record
+from tests.support.key_material import account_store
 from tests.support.scripted_engine import HELLO, SPEC, ScriptedEngine, WordTokenizer
 from tests.support.upstreams import CREDENTIALS
 
@@ -94,6 +95,26 @@ async def test_the_verifier_answers_bad_sign_ups_with_error_values(settings, own
         await verifier.close()
 
 
+async def test_the_verifier_turns_emails_into_accounts_and_back_for_the_other_deployments(
+        settings, own_redis, redis):
+    # The email is sealed and its index keyed with key material only the verifier pool holds.
+    verifier = KeyVerifier(settings, own_redis.url)
+    try:
+        account = await verifier.signup("Owner@Example.com", PASSWORD)
+        assert await verifier.account_id_of(" OWNER@example.com") == account.id
+        assert await verifier.email_of(account.id) == "owner@example.com"
+        document = await verifier.export_account(account.id)
+        assert document["object"] == "account_export" and document["account"]["email"] == "owner@example.com"
+        assert "email_sealed" not in document["account"] and "email_index" not in document["account"]
+        for missing in (await verifier.account_id_of("nobody@example.com"),
+                        await verifier.account_id_of("not an email"),
+                        await verifier.email_of("acct_0000000000000000"),
+                        await verifier.export_account("acct_0000000000000000")):
+            assert isinstance(missing, GatewayError) and (missing.status, missing.code) == (404, "account_not_found")
+    finally:
+        await verifier.close()
+
+
 async def test_the_verifier_answers_503_while_redis_is_unreachable(settings):
     verifier = KeyVerifier(settings, f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     try:
@@ -116,31 +137,31 @@ async def test_the_router_serves_the_table_of_the_providers_that_are_on(settings
 
 async def test_the_router_reads_and_sets_account_scopes(settings, own_redis, redis):
     router = ModeRouter(settings, ["openai"], own_redis.url)
-    missing = await router.scope("nobody@example.com")
+    missing = await router.scope("acct_0000000000000000")
     assert isinstance(missing, GatewayError)
     assert (missing.status, missing.code, missing.param) == (404, "account_not_found", "email")
 
-    account = await AccountStore(redis).create("ops-target@example.com")
-    assert await router.scope("ops-target@example.com") == (account.id, UNRESTRICTED)
+    account = await account_store(redis).create("ops-target@example.com")
+    assert await router.scope(account.id) == (account.id, UNRESTRICTED)
     excluded = Scope(excluded_providers=frozenset({"anthropic", "deepseek"}))
-    assert (await router.set_scope("ops-target@example.com", excluded, "ops@example.com"))[0] == account.id
-    assert await router.scope("ops-target@example.com") == (account.id, excluded)
+    assert (await router.set_scope(account.id, excluded, "ops@example.com"))[0] == account.id
+    assert await router.scope(account.id) == (account.id, excluded)
     pinned = Scope(in_house_only=True)
-    await router.set_scope("ops-target@example.com", pinned, "ops@example.com")
-    assert await router.scope("ops-target@example.com") == (account.id, pinned)
+    await router.set_scope(account.id, pinned, "ops@example.com")
+    assert await router.scope(account.id) == (account.id, pinned)
 
 
 async def test_the_router_refuses_a_scope_naming_an_unknown_provider(settings, own_redis, redis):
     router = ModeRouter(settings, ["openai"], own_redis.url)
-    account = await AccountStore(redis).create("ops-target@example.com")
-    await router.set_scope("ops-target@example.com", Scope(excluded_providers=frozenset({"anthropic"})), "ops")
-    answer = await router.set_scope("ops-target@example.com", Scope(excluded_providers=frozenset({"openia"})), "ops")
+    account = await account_store(redis).create("ops-target@example.com")
+    await router.set_scope(account.id, Scope(excluded_providers=frozenset({"anthropic"})), "ops")
+    answer = await router.set_scope(account.id, Scope(excluded_providers=frozenset({"openia"})), "ops")
     assert isinstance(answer, GatewayError)
     assert (answer.status, answer.code, answer.param) == (400, "invalid_value", "excluded_providers")
     assert "openia" in answer.message
     # Nothing was stored: the earlier scope still holds.
-    assert await router.scope("ops-target@example.com") == (account.id, Scope(excluded_providers=frozenset({"anthropic"})))
-    unknown = await router.set_scope("nobody@example.com", UNRESTRICTED, "ops")
+    assert await router.scope(account.id) == (account.id, Scope(excluded_providers=frozenset({"anthropic"})))
+    unknown = await router.set_scope("acct_0000000000000000", UNRESTRICTED, "ops")
     assert (unknown.status, unknown.code) == (404, "account_not_found")
 
 

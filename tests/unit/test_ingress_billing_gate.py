@@ -8,12 +8,13 @@ import time
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from actors.accounts.store import AccountStore, account_usage_key
+from actors.accounts.store import account_usage_key
 from actors.billing.store import BillingState
 from actors.metering.record import current_month
 from actors.metering.usage_store import UsageStore
 from core.errors import GatewayError
 from serve_app.callers.billing_gate import BillingGate
+from tests.support.key_material import account_store
 
 FREE = 10_000_000  # 10 cost_units
 
@@ -32,7 +33,7 @@ class Store:
 
 @pytest.fixture
 async def account(redis) -> str:
-    return (await AccountStore(redis).create("gate@example.com")).id
+    return (await account_store(redis).create("gate@example.com")).id
 
 
 def gate(redis, store, refresh_s: float = 60.0) -> BillingGate:

@@ -10,13 +10,13 @@ import threading
 
 import pytest
 
-from actors.accounts.store import AccountStore
 from actors.keys.crypto import InvalidToken, KeyCrypto
 from actors.keys.material import ReplicaKeyMaterial
 from actors.keys.rotation import ReplicasNotReady, migrate, rotate
 from actors.keys.store import KeyStore, key_record_key
 from config.secrets import KeyMaterial, add_key_version, load_key_material
 from config.settings import ConfigError, load_settings
+from tests.support.key_material import account_store
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ async def until(condition, timeout_s=5.0):
 
 
 async def mint(redis, crypto, count, name="k"):
-    account = await AccountStore(redis).create(f"rot-{os.urandom(4).hex()}@example.com")
+    account = await account_store(redis).create(f"rot-{os.urandom(4).hex()}@example.com")
     store = KeyStore(redis, crypto)
     return account, [(await store.create(account.id, name))[0] for _ in range(count)]
 

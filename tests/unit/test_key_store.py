@@ -5,12 +5,12 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from actors.accounts.store import AccountError, AccountStore
+from actors.accounts.store import AccountError
 from actors.keys.crypto import KeyCrypto
 from actors.keys.store import KeyStore, key_record_key
 from core.invalidation import InvalidationListener, InvalidationTimeout, broadcast
 from core.key_format import generate_key
-from tests.support.key_material import material
+from tests.support.key_material import account_store, material
 
 
 @pytest.fixture
@@ -20,16 +20,16 @@ def crypto():
 
 async def new_account(redis, email=None):
     import secrets
-    return await AccountStore(redis).create(email or f"user-{secrets.token_hex(4)}@example.com")
+    return await account_store(redis).create(email or f"user-{secrets.token_hex(4)}@example.com")
 
 
 async def test_emails_are_normalised_unique_and_not_in_key_names(redis):
     account = await new_account(redis, "  Alice.Smith@Example.COM ")
     assert account.email == "alice.smith@example.com"
     with pytest.raises(AccountError):
-        await AccountStore(redis).create("alice.smith@example.com")
+        await account_store(redis).create("alice.smith@example.com")
     with pytest.raises(AccountError):
-        await AccountStore(redis).create("not-an-email")
+        await account_store(redis).create("not-an-email")
     assert not [k async for k in redis.scan_iter("*alice*")]
 
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from actors.accounts.store import AccountError, AccountStore
+from actors.accounts.store import AccountError
 from actors.routing import scopes
 from actors.routing.router import ModeRouter
 from actors.routing.scope_service import ScopeService
@@ -21,6 +21,7 @@ from core.invalidation import CHANNEL, InvalidationTimeout, broadcast
 from core.naming import IN_HOUSE_PROVIDER
 from core.scope import UNRESTRICTED, Scope, ScopeError
 from serve_app import cli
+from tests.support.key_material import account_store
 from tests.support.listeners import listening
 
 THIRD_PARTIES = {"openai", "anthropic", "deepseek"}
@@ -44,29 +45,34 @@ async def silent_replica(redis):
     return pubsub
 
 
-async def test_lookup_finds_the_account_by_its_email_however_it_is_typed(redis):
-    account = await AccountStore(redis).create("Ops@Example.com")
-    service = ScopeService(redis, THIRD_PARTIES)
-    assert await service.lookup("ops@example.com") == (account.id, UNRESTRICTED)
-    assert await service.lookup("  OPS@example.COM ") == (account.id, UNRESTRICTED)
+async def test_operators_find_the_account_by_its_email_however_it_is_typed(redis):
+    # Operators name an account by email; the id comes from where the key material is (the
+    # verifier pool, the CLI), since the email index is keyed (actors.accounts.sealing).
+    account = await account_store(redis).create("Ops@Example.com")
+    accounts = account_store(redis)
+    assert await accounts.id_of("ops@example.com") == account.id
+    assert await accounts.id_of("  OPS@example.COM ") == account.id
+    assert await ScopeService(redis, THIRD_PARTIES).lookup(account.id) == (account.id, UNRESTRICTED)
 
 
-async def test_lookup_of_an_unknown_or_malformed_email_is_an_account_error(redis):
+async def test_lookup_of_an_unknown_account_or_malformed_email_is_an_account_error(redis):
     service = ScopeService(redis, THIRD_PARTIES)
+    with pytest.raises(AccountError, match="no such account"):
+        await service.lookup("acct_0000000000000000")
     with pytest.raises(AccountError, match="no account with this email"):
-        await service.lookup("nobody@example.com")
+        await account_store(redis).id_of("nobody@example.com")
     with pytest.raises(AccountError, match="not a valid email address"):
-        await service.lookup("not-an-email")
+        await account_store(redis).id_of("not-an-email")
 
 
 async def test_set_stores_audits_and_waits_for_every_replica(redis, own_redis):
-    account = await AccountStore(redis).create("a@example.com")
+    account = await account_store(redis).create("a@example.com")
     service = ScopeService(redis, THIRD_PARTIES)
     heard: list[tuple[str, str]] = []
     async with listening(own_redis.url, lambda topic, subject: heard.append((topic, subject))):
-        assert await service.set("A@example.com", NO_OPENAI, "admin:alice") == (account.id, 1)
+        assert await service.set(account.id, NO_OPENAI, "admin:alice") == (account.id, 1)
         assert heard == [("account", account.id)]  # confirmed before set returned
-    assert await service.lookup("a@example.com") == (account.id, NO_OPENAI)
+    assert await service.lookup(account.id) == (account.id, NO_OPENAI)
     [entry] = await audited(redis, account.id)
     assert (entry["actor"], entry["action"]) == ("admin:alice", "scope.set")
     assert json.loads(entry["before"]) == {"in_house_only": False, "excluded_providers": []}
@@ -74,37 +80,37 @@ async def test_set_stores_audits_and_waits_for_every_replica(redis, own_redis):
 
 
 async def test_a_provider_the_caller_does_not_know_is_refused_and_nothing_changes(redis):
-    account = await AccountStore(redis).create("b@example.com")
+    account = await account_store(redis).create("b@example.com")
     service = ScopeService(redis, THIRD_PARTIES)
     with pytest.raises(ScopeError, match=r"unknown provider\(s\): nope \(known: anthropic, deepseek, openai\)"):
-        await service.set("b@example.com", Scope(excluded_providers=frozenset({"nope", "openai"})), "cli:bob")
-    assert await service.lookup("b@example.com") == (account.id, UNRESTRICTED)
+        await service.set(account.id, Scope(excluded_providers=frozenset({"nope", "openai"})), "cli:bob")
+    assert await service.lookup(account.id) == (account.id, UNRESTRICTED)
     assert await audited(redis, account.id) == []
     # The known names are the caller's: the in-house provider only where it is counted.
     with pytest.raises(ScopeError):
-        await service.set("b@example.com", Scope(excluded_providers=frozenset({IN_HOUSE_PROVIDER})), "cli:bob")
+        await service.set(account.id, Scope(excluded_providers=frozenset({IN_HOUSE_PROVIDER})), "cli:bob")
     with_in_house = ScopeService(redis, THIRD_PARTIES | {IN_HOUSE_PROVIDER})
-    assert (await with_in_house.set("b@example.com", Scope(excluded_providers=frozenset({IN_HOUSE_PROVIDER})),
+    assert (await with_in_house.set(account.id, Scope(excluded_providers=frozenset({IN_HOUSE_PROVIDER})),
                                     "admin:alice"))[0] == account.id
 
 
 async def test_an_unknown_account_is_reported_before_a_bad_scope(redis):
     service = ScopeService(redis, THIRD_PARTIES)
-    with pytest.raises(AccountError, match="no account with this email"):
-        await service.set("nobody@example.com", Scope(excluded_providers=frozenset({"nope"})), "cli:bob")
+    with pytest.raises(AccountError, match="no such account"):
+        await service.set("acct_0000000000000000", Scope(excluded_providers=frozenset({"nope"})), "cli:bob")
 
 
 async def test_a_replica_that_does_not_confirm_times_out_after_the_change_is_stored(redis, short_broadcasts):
-    account = await AccountStore(redis).create("c@example.com")
+    account = await account_store(redis).create("c@example.com")
     service = ScopeService(redis, THIRD_PARTIES)
     replica = await silent_replica(redis)
     try:
         with pytest.raises(InvalidationTimeout):
-            await service.set("c@example.com", Scope(in_house_only=True), "admin:alice")
+            await service.set(account.id, Scope(in_house_only=True), "admin:alice")
     finally:
         await replica.aclose()
     # Stored and audited: sending the same change again is what the caller is told to do.
-    assert await service.lookup("c@example.com") == (account.id, Scope(in_house_only=True))
+    assert await service.lookup(account.id) == (account.id, Scope(in_house_only=True))
     assert len(await audited(redis, account.id)) == 1
 
 
@@ -117,24 +123,24 @@ async def router(own_redis, monkeypatch):
 
 async def test_the_router_answers_scopes_and_maps_each_error_as_the_admin_api_shows_it(redis, router,
                                                                                      short_broadcasts):
-    account = await AccountStore(redis).create("d@example.com")
-    assert await router.scope("d@example.com") == (account.id, UNRESTRICTED)
-    assert await router.set_scope("d@example.com", Scope(excluded_providers=frozenset({IN_HOUSE_PROVIDER})),
+    account = await account_store(redis).create("d@example.com")
+    assert await router.scope(account.id) == (account.id, UNRESTRICTED)
+    assert await router.set_scope(account.id, Scope(excluded_providers=frozenset({IN_HOUSE_PROVIDER})),
                                   "admin:alice") == (account.id, 0)  # in-house counts: it serves in house
 
     def shown(error: GatewayError) -> tuple:
         return error.status, error.type, error.code, error.param, error.message
 
-    missing = await router.scope("nobody@example.com")
-    assert shown(missing) == (404, "invalid_request_error", "account_not_found", "email", "no account with this email.")
-    missing = await router.set_scope("nobody@example.com", NO_OPENAI, "admin:alice")
-    assert shown(missing) == (404, "invalid_request_error", "account_not_found", "email", "no account with this email.")
-    unknown = await router.set_scope("d@example.com", Scope(excluded_providers=frozenset({"nope"})), "admin:alice")
+    missing = await router.scope("acct_0000000000000000")
+    assert shown(missing) == (404, "invalid_request_error", "account_not_found", "email", "no such account.")
+    missing = await router.set_scope("acct_0000000000000000", NO_OPENAI, "admin:alice")
+    assert shown(missing) == (404, "invalid_request_error", "account_not_found", "email", "no such account.")
+    unknown = await router.set_scope(account.id, Scope(excluded_providers=frozenset({"nope"})), "admin:alice")
     assert shown(unknown) == (400, "invalid_request_error", "invalid_value", "excluded_providers",
                               "Invalid scope: unknown provider(s): nope (known: anthropic, deepseek, inhouse, openai).")
     replica = await silent_replica(redis)
     try:
-        late = await router.set_scope("d@example.com", NO_OPENAI, "admin:alice")
+        late = await router.set_scope(account.id, NO_OPENAI, "admin:alice")
     finally:
         await replica.aclose()
     assert shown(late) == (503, "server_error", "not_confirmed", None, "The scope is stored, but not every replica "

@@ -6,7 +6,6 @@ next purge batch, accounting records kept detached: ``actors.accounts.deletion``
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from actors.accounts.export import export_account
 from core.errors import GatewayError
 from serve_app.endpoints.account.schema import AccountDeletion
 from serve_app.endpoints.parsing import parse_body
@@ -20,7 +19,8 @@ def account_router(gateway: Gateway) -> APIRouter:
     @router.get("/v1/account/export")
     async def export(request: Request) -> JSONResponse:
         session = await gateway.callers.session(request)
-        return JSONResponse(await export_account(gateway.redis, session.account_id))
+        # Read by the verifier pool: the account's email is sealed with key material only it holds.
+        return JSONResponse(await gateway.verifier.export_account.remote(session.account_id))
 
     @router.delete("/v1/account")
     async def delete(request: Request) -> JSONResponse:

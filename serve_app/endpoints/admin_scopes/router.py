@@ -1,5 +1,6 @@
 """``/v1/admin/account-scope``: operators read and set an account's scope. The account is named
-in the body, never the path: Serve's access log records paths."""
+in the body, never the path: Serve's access log records paths. The verifier pool turns the email
+into the account id (it holds the key material of the email index), then the router acts."""
 
 # No "from __future__ import annotations": FastAPI must see the real Request type here.
 from fastapi import APIRouter, Request
@@ -19,7 +20,8 @@ def admin_scopes_router(gateway: Gateway) -> APIRouter:
     async def account_scope(request: Request) -> JSONResponse:
         await gateway.callers.admin(request)
         wanted = parse_body(AccountRef, await read_body(request, *gateway.body_limits))
-        account_id, scope = raise_if_error(await gateway.router.scope.remote(wanted.email))
+        account_id = await gateway.verifier.account_id_of.remote(wanted.email)
+        account_id, scope = raise_if_error(await gateway.router.scope.remote(account_id))
         return JSONResponse({"object": "account_scope", "account_id": account_id, **scope.as_dict()})
 
     @router.put("/v1/admin/account-scope")
@@ -27,7 +29,8 @@ def admin_scopes_router(gateway: Gateway) -> APIRouter:
         actor = await gateway.callers.admin(request)
         change = parse_body(AccountScopeChange, await read_body(request, *gateway.body_limits))
         scope = Scope(change.in_house_only, frozenset(change.excluded_providers))
-        account_id, confirmed = raise_if_error(await gateway.router.set_scope.remote(change.email, scope, actor))
+        account_id = await gateway.verifier.account_id_of.remote(change.email)
+        account_id, confirmed = raise_if_error(await gateway.router.set_scope.remote(account_id, scope, actor))
         return JSONResponse({"object": "account_scope", "account_id": account_id, **scope.as_dict(),
                              "replicas_confirmed": confirmed})
 
