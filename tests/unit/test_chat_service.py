@@ -105,6 +105,25 @@ async def test_a_retired_fine_tune_is_skipped_and_the_modes_next_candidate_serve
     assert [(r.status, r.model) for r in records] == [(200, "deepseek-chat")]
 
 
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+
+
+async def test_a_fine_tune_has_its_base_models_capabilities(upstreams):
+    records = []
+    chat, backends = service(upstreams, live, records)
+    # Its base (the in-house SmolLM2) has forced tool calls but no auto tools: named alone, a 400
+    # naming the field and the fine-tune; in a mode, the next candidate (deepseek-chat) serves.
+    with pytest.raises(GatewayError) as refused:
+        await chat.answer(CallMeter.start("req-5", "50"), authenticated, body("ft:bot", tools=TOOLS))
+    assert (refused.value.status, refused.value.code) == (400, "unsupported_parameter")
+    assert "'tools' is not supported by model 'ft:bot'" in refused.value.message
+    await chat.answer(CallMeter.start("req-6", "50"), authenticated, body("support", tools=TOOLS))
+    assert backends.in_house_calls == [] and [(r.status, r.model) for r in records] == [
+        (400, ""), (200, "deepseek-chat")]
+    await chat.answer(CallMeter.start("req-7", "50"), authenticated, body("ft:bot", tools=TOOLS, tool_choice="required"))
+    assert [call.adapter.key for call in backends.in_house_calls] == ["bot@v2"]
+
+
 async def test_a_fine_tune_named_alone_and_gone_is_the_callers_404_and_is_recorded(upstreams):
     records = []
     chat, _ = service(upstreams, retired, records)
