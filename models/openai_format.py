@@ -31,6 +31,22 @@ def _text(content: str | list[dict[str, Any]] | None) -> str:
     return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
 
 
+# Fields that would change the answer, which an in-house engine has no way to honour (at any
+# value but these). Hints with no effect on the answer here pass: ``user``, ``safety_identifier``
+# and ``metadata`` (nothing upstream to tag), ``prompt_cache_key``/``prompt_cache_retention``
+# (vLLM caches prefixes by itself).
+_DEFAULT_ONLY = {"verbosity": ("medium",), "service_tier": ("auto", "default")}
+
+
+def unsupported(body: dict[str, Any]) -> str | None:
+    """Why an in-house model cannot honour ``body`` beyond its capabilities (routing asks first,
+    so a mode skips it), or None."""
+    for name, accepted in _DEFAULT_ONLY.items():
+        if name in body and body[name] not in accepted:
+            return f"'{name}' {body[name]!r} is not supported by in-house models"
+    return None
+
+
 def refuse_images(messages: list[dict[str, Any]]) -> None:
     """In-house models have no vision: an image part is a 400 that names it, never silently dropped."""
     for m_index, message in enumerate(messages):

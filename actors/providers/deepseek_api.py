@@ -11,11 +11,13 @@ Completion", "Function Calling", "JSON Output", "Thinking Mode", "Context Cachin
   (which means the same);
 - refused by name (they would change the answer, and DeepSeek has no such thing): json_schema
   response_format (JSON Output is json_object only), image parts (text-only chat), ``n > 1``,
-  ``logit_bias``, ``seed``, ``user``, ``service_tier``;
+  ``logit_bias``, ``seed``, ``user``, ``safety_identifier``, ``service_tier``, ``verbosity`` other
+  than medium;
 - enforced here: ``parallel_tool_calls: false`` (DeepSeek has no such switch): the answer keeps
   only its first tool call, streamed or not (LangChain's structured output sends it);
 - dropped, since they change nothing DeepSeek does: ``store`` (never sent: DeepSeek has no
-  stored completions), ``metadata`` (OpenAI's dashboard tags), ``n: 1`` and
+  stored completions), ``metadata`` (OpenAI's dashboard tags), ``prompt_cache_key`` and
+  ``prompt_cache_retention``, ``verbosity: "medium"``, ``modalities: ["text"]``, ``n: 1`` and
   ``parallel_tool_calls: true`` (the defaults), NeuroAPI's ``thinking_blocks`` (Anthropic's)
   and ``cache_control`` on parts (DeepSeek caches prefixes by itself).
 
@@ -40,8 +42,10 @@ from actors.providers.openai_api import (
 from core.backend import UpstreamCall, Usage
 from core.sse import SSEEvent, encode
 
-_NOT_SUPPORTED = ("seed", "user", "logit_bias", "service_tier")
-_NOT_SENT = ("store", "metadata")
+_NOT_SUPPORTED = ("seed", "user", "safety_identifier", "logit_bias", "service_tier")
+# Not DeepSeek's: OpenAI's stored-completion tags and cache hints, which change nothing in
+# DeepSeek's answer (it caches prefixes by itself); "medium" verbosity and text output are its default.
+_NOT_SENT = ("store", "metadata", "prompt_cache_key", "prompt_cache_retention", "verbosity", "modalities")
 
 
 def _has_image_part(message: dict[str, Any]) -> bool:
@@ -82,6 +86,8 @@ class DeepSeekAdapter(OpenAIAdapter):
         for name in _NOT_SUPPORTED:
             if name in body:
                 return _refused(name)
+        if body.get("verbosity", "medium") != "medium":
+            return _refused("verbosity")
         if (body.get("n") or 1) > 1:
             return "'n' greater than 1 is not supported by DeepSeek models"
         if (body.get("response_format") or {}).get("type") == "json_schema":

@@ -23,6 +23,7 @@ from core.errors import scope_forbids as core_scope_forbids
 from core.money import FINETUNE_PREFIX
 from core.naming import IN_HOUSE_PROVIDER, model_deployment, provider_deployment
 from core.scope import UNRESTRICTED, Scope
+from models.openai_format import unsupported as in_house_unsupported
 
 ENGINE_WIRE = "engine"  # an in-house model deployment speaks our own protocol
 FINETUNE_WIRE = "finetune"  # "ft:NAME" before the call resolves it to its base model + LoRA adapter
@@ -51,8 +52,10 @@ def unsupported(backend: Backend, body: dict[str, Any]) -> str | None:
         return None
     name = backend.finetune.price_name if backend.finetune and backend.finetune.price_name else backend.model
     reason = capabilities.lacking(backend.capabilities, body, name)
-    if reason is not None or backend.wire == ENGINE_WIRE:
+    if reason is not None:
         return reason
+    if backend.wire == ENGINE_WIRE:
+        return in_house_unsupported(body)
     return ADAPTERS[backend.wire].unsupported(body)
 
 

@@ -75,3 +75,14 @@ def test_the_catalog_gives_every_shipped_provider_model_a_card():
             card = settings.card(model)
             assert card.context_length and cap.TOOLS in card.supports, model
     assert settings.card("unknown-model").supports == []  # plain text only, never assumed
+
+
+@pytest.mark.parametrize("field, value", [("verbosity", "low"), ("service_tier", "priority")])
+def test_a_field_an_in_house_model_cannot_honour_skips_it_or_is_named(table, field, value):
+    body = {"messages": USER, field: value}
+    with pytest.raises(GatewayError) as refused:
+        attempt_order(table.resolve("smollm2-135m-instruct"), body, random.Random(0))
+    assert f"'{field}'" in refused.value.message and "in-house" in refused.value.message
+    # Its default value, and hints that change nothing in its answer, pass.
+    for harmless in ({"verbosity": "medium"}, {"service_tier": "auto"}, {"prompt_cache_key": "k"}, {"metadata": {"a": "b"}}):
+        assert attempt_order(table.resolve("smollm2-135m-instruct"), {"messages": USER, **harmless}, random.Random(0))

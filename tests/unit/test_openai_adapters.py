@@ -218,6 +218,8 @@ async def test_a_malformed_tool_call_from_upstream_is_a_retriable_502(upstreams)
     ("'seed'", {"seed": 1}),
     ("'user'", {"user": "u"}),
     ("'service_tier'", {"service_tier": "flex"}),
+    ("'safety_identifier'", {"safety_identifier": "u"}),
+    ("'verbosity'", {"verbosity": "high"}),
 ])
 def test_deepseek_refuses_by_name_what_it_cannot_honour(field, body):
     reason = DeepSeekAdapter.unsupported({"messages": [], **body})
@@ -233,8 +235,10 @@ def test_deepseek_takes_what_its_api_documents():
 
 def test_deepseek_request_keeps_reasoning_content_and_drops_what_it_does_not_know():
     sent = sent_body("deepseek", messages=TOOL_LOOP, tools=[TOOL], n=1, parallel_tool_calls=True,
-                     metadata={"a": "b"}, max_completion_tokens=50, reasoning_effort="high")
-    for absent in ("store", "metadata", "n", "parallel_tool_calls", "max_completion_tokens"):
+                     metadata={"a": "b"}, max_completion_tokens=50, reasoning_effort="high",
+                     prompt_cache_key="k", prompt_cache_retention="24h", verbosity="medium", modalities=["text"])
+    for absent in ("store", "metadata", "n", "parallel_tool_calls", "max_completion_tokens", "prompt_cache_key",
+                   "prompt_cache_retention", "verbosity", "modalities"):
         assert absent not in sent
     assert sent["max_tokens"] == 50 and sent["reasoning_effort"] == "high" and sent["tools"] == [TOOL]
     assert sent["messages"][0] == {"role": "system", "content": "be brief"}

@@ -168,3 +168,48 @@ def test_public_and_inline_images_pass_as_sent(url):
     body = {**BASE, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
     sent = parse_chat_request(json.dumps(body).encode()).upstream_body()["messages"][0]["content"][0]
     assert sent == {"type": "image_url", "image_url": {"url": url}}
+
+
+# Every parameter of the official SDK's chat.completions.create, with a value a caller would send:
+# each is either honoured (parsed and forwarded) or refused by a 400 that names it. A parameter a
+# newer SDK adds fails the walk until someone decides which.
+SDK_SAMPLES = {
+    "messages": [{"role": "user", "content": "hi"}], "model": "fast",
+    "audio": {"voice": "alloy", "format": "mp3"}, "frequency_penalty": 0.5,
+    "function_call": "auto", "functions": [{"name": "f", "parameters": {"type": "object"}}],
+    "logit_bias": {"50256": -100}, "logprobs": True, "max_completion_tokens": 10, "max_tokens": 10,
+    "metadata": {"team": "a"}, "modalities": ["text"], "moderation": {"mode": "off"}, "n": 2,
+    "parallel_tool_calls": False, "prediction": {"type": "content", "content": "x"}, "presence_penalty": 0.5,
+    "prompt_cache_key": "k", "prompt_cache_options": {"mode": "implicit"}, "prompt_cache_retention": "24h",
+    "reasoning_effort": "low", "response_format": {"type": "json_object"}, "safety_identifier": "u1",
+    "seed": 7, "service_tier": "flex", "stop": ["\n"], "store": True, "stream": True,
+    "stream_options": {"include_usage": True}, "temperature": 0.2,
+    "tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}], "top_logprobs": 2,
+    "top_p": 0.9, "user": "u1", "verbosity": "low", "web_search_options": {},
+}
+NEEDS = {"top_logprobs": {"logprobs": True}, "stream_options": {"stream": True},
+         "tool_choice": {"tools": SDK_SAMPLES["tools"]}, "parallel_tool_calls": {"tools": SDK_SAMPLES["tools"]}}
+
+
+def sdk_parameters() -> list[str]:
+    import inspect
+
+    import openai
+    signature = inspect.signature(openai.resources.chat.Completions.create)
+    return [name for name, p in signature.parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and not name.startswith("extra_") and name != "timeout"]
+
+
+@pytest.mark.parametrize("name", sdk_parameters())
+def test_every_parameter_the_official_sdk_sends_is_honoured_or_refused_by_name(name):
+    assert name in SDK_SAMPLES, f"the SDK sends '{name}': decide whether NeuroAPI honours or refuses it"
+    sent = {**BASE, **NEEDS.get(name, {}), name: SDK_SAMPLES[name]}
+    try:
+        forwarded = parse_chat_request(json.dumps(sent).encode()).upstream_body()
+    except GatewayError as error:
+        assert error.status == 400 and name in error.message, error.message
+        return
+    if name == "stream_options":  # read by the gateway itself: each adapter asks for usage its own way
+        assert parse_chat_request(json.dumps(sent).encode()).wants_usage_in_stream
+    else:
+        assert forwarded[name] == SDK_SAMPLES[name]
