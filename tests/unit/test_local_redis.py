@@ -1,6 +1,7 @@
 """The embedded Redis that `neuroapi serve` and the CLI start when no NEUROAPI_REDIS_URL is set."""
 
 import os
+import time
 
 import pytest
 import redis
@@ -55,3 +56,50 @@ def test_a_second_user_reuses_the_running_one_and_does_not_stop_it(tmp_path):
     finally:
         owner.stop()
     assert not is_running(pid)
+
+
+def log_files(local: LocalRedis) -> dict[str, int]:
+    """The redis log files in its folder, with their sizes."""
+    return {path.name: path.stat().st_size for path in local.folder.glob("redis.log*")}
+
+
+def test_a_log_past_its_bound_is_rotated_at_start_keeping_one_old_copy(tmp_path):
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    (folder / "redis.log").write_text("x" * 70_000)  # a previous run's, past the bound
+    (folder / "redis.log.1").write_text("the run before that\n")
+    with LocalRedis(tmp_path, log_max_bytes=64_000, log_check_every_s=3600) as local:
+        assert unix_client(local).config_get("loglevel")["loglevel"] == "warning"
+        assert (folder / "redis.log.1").read_text() == "x" * 70_000  # the oldest copy is gone
+        assert set(log_files(local)) <= {"redis.log", "redis.log.1"}
+        assert log_files(local).get("redis.log", 0) < 64_000
+    # Within its bound, a log is kept and appended to across restarts.
+    (folder / "redis.log").write_text("kept\n")
+    with LocalRedis(tmp_path, log_max_bytes=64_000, log_check_every_s=3600):
+        assert (folder / "redis.log").read_text().startswith("kept\n")
+        assert (folder / "redis.log.1").read_text() == "x" * 70_000
+
+
+def test_a_running_servers_log_never_grows_past_its_bound(tmp_path):
+    bound, every_s = 16_000, 0.05
+    with LocalRedis(tmp_path, log_max_bytes=bound, log_check_every_s=every_s) as local:
+        admin = unix_client(local)
+        admin.config_set("loglevel", "verbose")  # a line per connection: real writes, and many
+        largest = 0
+        for _ in range(40):  # a burst of about 2 KB between two checks, many bounds in all
+            for _ in range(12):
+                redis.Redis(unix_socket_path=str(local.socket_path)).ping()
+            time.sleep(every_s)
+            sizes = log_files(local)
+            assert set(sizes) <= {"redis.log", "redis.log.1"}
+            largest = max(largest, *sizes.values())
+        assert (local.folder / "redis.log.1").exists()  # it did rotate
+        # Never past the bound by more than what Redis wrote between two checks.
+        assert largest < bound + 8_000
+        # Redis writes on into a fresh redis.log after each rotation.
+        rotated = (local.folder / "redis.log.1").stat().st_ino
+        for _ in range(5):
+            redis.Redis(unix_socket_path=str(local.socket_path)).ping()
+        time.sleep(0.2)
+        assert (local.folder / "redis.log").stat().st_ino != rotated
+        assert "Accepted" in (local.folder / "redis.log").read_text() + (local.folder / "redis.log.1").read_text()
