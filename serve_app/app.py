@@ -1,6 +1,6 @@
 """``build_app()``: the NeuroAPI Serve application graph.
 
-    Ingress ──▶ KeyVerifier pool        (on a key-cache miss only)
+    Ingress ──▶ KeyVerifier pool        (on a key-cache miss only; billing's sealed Stripe ids)
        │   ──▶ ModeRouter               (once, for the routing table)
        │   ──▶ MetadataBatcher          (metering records, one hop per batch of calls)
        ├──────▶ Provider-<name> proxies (one hop per request to a third party)
@@ -81,7 +81,8 @@ def build_app(settings: Settings, redis_url: str, environ: Mapping[str, str] | N
     # the purge of deleted accounts and the retention windows; usage to Stripe.
     jobs = [serve.deployment(as_replica(Housekeeping), **SMALL).bind(settings, redis_url)]
     if settings.billing_enabled(environ):
-        jobs.append(serve.deployment(as_replica(BillingReporter), **SMALL).bind(settings, redis_url))
+        # The customer ids are sealed at rest: the reporter asks the verifier pool for them.
+        jobs.append(serve.deployment(as_replica(BillingReporter), **SMALL).bind(settings, redis_url, verifier))
     ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress", max_ongoing_requests=1000, **SMALL)
     return ingress.options(num_replicas=settings.ingress_replicas).bind(
         settings, redis_url, verifier, router, proxies | models, batcher, jobs

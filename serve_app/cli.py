@@ -22,7 +22,7 @@ from actors.accounts.deletion import delete_account
 from actors.accounts.export import export_account
 from actors.accounts.sealing import AccountSealer
 from actors.accounts.store import AccountError, AccountStore, normalise_email
-from actors.billing.service import BillingService
+from actors.billing.service import BillingService, SealedBillingIds
 from actors.billing.stripe_api import StripeBilling
 from actors.housekeeping import housekeeping_pass
 from actors.keys.crypto import KeyCrypto
@@ -121,9 +121,10 @@ def _billing(redis: Redis, settings: Settings) -> BillingService | None:
     if not settings.billing_enabled():
         return None
     stripe = StripeBilling(os.environ[STRIPE_SECRET_VARIABLE], settings.stripe_api_base)
-    # Key material is loaded only when a customer is made (a usage report needs none).
-    return BillingService(settings, redis, stripe,
-                          email_of=lambda account_id: _accounts(redis, settings).email_of(account_id))
+    # The email and the Stripe ids are sealed at rest: the CLI opens them with its key material.
+    sealer = AccountSealer(_material(settings))
+    return BillingService(settings, redis, stripe, ids=SealedBillingIds(redis, sealer),
+                          email_of=AccountStore(redis, sealer).email_of)
 
 
 def _material(settings: Settings):

@@ -14,7 +14,7 @@ from typing import Any
 
 from actors.accounts.store import AccountError
 from actors.accounts.throttle import SignupThrottle
-from actors.billing.service import BILLING_TOPIC, BillingService
+from actors.billing.service import BILLING_TOPIC, BillingService, VerifierBillingIds
 from actors.billing.stripe_api import StripeBilling
 from actors.keys.store import KEYS_TOPIC
 from actors.metering.record import CallRecord
@@ -76,8 +76,9 @@ class Gateway:
         self.billing_gate: BillingGate | None = None
         if settings.billing_enabled(os.environ):
             stripe = StripeBilling(os.environ[STRIPE_SECRET_VARIABLE], settings.stripe_api_base)
+            # The email and the Stripe ids are sealed at rest: the verifier pool opens them.
             self.billing = BillingService(settings, self.redis, stripe, os.environ.get(STRIPE_WEBHOOK_SECRET_VARIABLE, ""),
-                                          email_of=self.verifier.email_of.remote)
+                                          ids=VerifierBillingIds(self.verifier), email_of=self.verifier.email_of.remote)
             self.billing_gate = BillingGate(self.billing.store, self.usage, self.billing.free_micro,
                                             settings.billing_past_due_grace_s,
                                             cache_usable=lambda: self.listener.cache_usable)

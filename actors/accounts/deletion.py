@@ -17,13 +17,14 @@ Until the purge the email stays taken (its index still names the account).
 
 ``purge_due`` (the housekeeping pass; ``neuroapi purge``), per due account, deletes:
 
-- ``neuroapi:account:<id>`` (sealed email, password hash, status, scope fields, Stripe ids)
-  and the email index, by the name the hash keeps (``email_index``; for a record from before
-  sealing, the SHA-256 name of its plaintext email), so the purge needs no key material;
+- ``neuroapi:account:<id>`` (sealed email, password hash, status, scope fields, sealed Stripe
+  ids) and the email index, by the name the hash keeps (``email_index``; for a record from
+  before sealing, the SHA-256 name of its plaintext email), so the purge needs no key material;
 - every key record ``neuroapi:key:<prefix>`` and the set ``neuroapi:account:<id>:keys``;
 - the sessions (again: one opened while the deletion ran) and their index;
-- ``neuroapi:billing-by-customer:<customer>`` and the id in ``neuroapi:billing-accounts`` (the
-  usage reporter has no customer left to report to);
+- the customer index ``neuroapi:billing-by-customer:v<P>:<hmac>``, by the name the hash keeps
+  (``stripe_customer_index``; before sealing, ``neuroapi:billing-by-customer:<customer>``), and
+  the id in ``neuroapi:billing-accounts`` (the usage reporter has no customer left to report to);
 - every entry of the calls stream ``neuroapi:calls`` with its account id or one of its key prefixes.
 
 What stays, and why (accounting: invoices and tax records must be reproducible for years;
@@ -32,10 +33,12 @@ ids and numbers only, never the email, a key prefix or a secret:
 
 - ``neuroapi:account:<id>:usage:<YYYY-MM>``: the monthly counters (requests, cost, tokens, bytes);
 - ``neuroapi:billing:<id>`` (only for an account that had a Stripe customer or billing state):
-  the subscription status and period, plus ``stripe_customer_id`` and ``stripe_subscription_id``
-  (moved here from the account hash) and ``deleted_at``, so a Stripe invoice can still be
-  matched to the counters. The Stripe customer itself is kept for its invoices: nothing here
-  calls Stripe (nor cancels a subscription);
+  the subscription status and period, plus ``stripe_customer_sealed`` and
+  ``stripe_subscription_sealed`` (moved here from the account hash, still sealed: opening them
+  needs key material, and ``neuroapi secrets rotate-envelope`` reseals them) and ``deleted_at``,
+  so a Stripe invoice can still be matched to the counters. (An account whose ids were never
+  sealed moves them here as they are; the rotation migration seals them.) The Stripe customer
+  itself is kept for its invoices: nothing here calls Stripe (nor cancels a subscription);
 - ``neuroapi:billing:usage_report:<id>[:<YYYY-MM>]``: what was reported to Stripe per month;
 - ``neuroapi:billing-event:<event>`` marks (value: the account id), which expire on their own;
 - the audit stream ``neuroapi:audit``: its entries name the account by id only (scope changes:
@@ -58,7 +61,8 @@ from redis.exceptions import WatchError
 
 from actors.accounts.sessions import SessionStore, account_sessions_key
 from actors.accounts.store import account_key, account_prefixes_key, email_index_of
-from actors.billing.store import ACCOUNTS_KEY, billing_key, customer_index_key
+from actors.billing.store import (ACCOUNTS_KEY, CUSTOMER_SEALED, LEGACY_CUSTOMER, LEGACY_SUBSCRIPTION,
+                                  SUBSCRIPTION_SEALED, billing_key, customer_index_of)
 from actors.keys.crypto import KeyCrypto
 from actors.keys.store import KeyStore, key_record_key
 from actors.metering.usage_store import CALLS_STREAM
@@ -138,20 +142,19 @@ async def _purge(redis: aioredis.Redis, account_id: str) -> None:
                 prefixes = set(await pipe.smembers(prefix_set))
                 index = email_index_of(fields)
                 owns_index = index is not None and await pipe.get(index) == account_id
-                customer = fields.get("stripe_customer_id", "")
-                owns_customer = bool(customer) and await pipe.get(customer_index_key(customer)) == account_id
-                billed = bool(customer) or bool(await pipe.exists(billing_key(account_id)))
+                customer_index = customer_index_of(fields)
+                owns_customer = customer_index is not None and await pipe.get(customer_index) == account_id
+                # The ids as they are (sealed; plaintext only if they never were): no key material here.
+                ids = {name: fields[name] for name in (CUSTOMER_SEALED, SUBSCRIPTION_SEALED, LEGACY_CUSTOMER,
+                                                       LEGACY_SUBSCRIPTION) if fields.get(name)}
+                billed = customer_index is not None or bool(await pipe.exists(billing_key(account_id)))
                 pipe.multi()
                 if fields and billed:
-                    pipe.hset(billing_key(account_id), mapping={
-                        "stripe_customer_id": customer,
-                        "stripe_subscription_id": fields.get("stripe_subscription_id", ""),
-                        "deleted_at": fields.get("deleted_at", ""),
-                    })
+                    pipe.hset(billing_key(account_id), mapping={**ids, "deleted_at": fields.get("deleted_at", "")})
                 if owns_index:
                     pipe.delete(index)
                 if owns_customer:
-                    pipe.delete(customer_index_key(customer))
+                    pipe.delete(customer_index)
                 for prefix in prefixes:
                     pipe.delete(key_record_key(prefix))
                 pipe.delete(prefix_set, account, account_sessions_key(account_id))

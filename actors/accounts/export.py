@@ -26,7 +26,7 @@ from actors.accounts.sealing import AccountSealer
 from actors.accounts.store import (EMAIL_INDEX, EMAIL_SEALED, LEGACY_EMAIL, AccountStore, account_key,
                                    account_prefixes_key, account_usage_key)
 from actors.billing.reporter import cursor_key, ledger_key
-from actors.billing.store import BillingStore, event_key
+from actors.billing.store import ID_FIELDS, BillingStore, event_key
 from actors.keys.store import key_record_key
 from actors.metering.usage_store import CALLS_STREAM, UsageStore
 from core.audit import AUDIT_STREAM
@@ -44,7 +44,8 @@ KEYS_OF_ACCOUNT: dict[str, str] = {
     "neuroapi:session:{session}": "sessions",
     "neuroapi:account:{account}:usage:{month}": "usage",
     "neuroapi:billing:{account}": "billing",
-    "neuroapi:billing-by-customer:{customer}": "billing",
+    "neuroapi:billing-by-customer:v{pepper_version}:{customer_hmac}": "billing",  # keyed, as the email's
+    "neuroapi:billing-by-customer:{customer}": "billing",  # ids from before sealing, until moved
     "neuroapi:billing-event:{event}": "billing",
     "neuroapi:billing:usage_report:{account}": "billing",
     "neuroapi:billing:usage_report:{account}:{month}": "billing",
@@ -61,7 +62,7 @@ SESSION_ID_SHOWN = 8
 # Fields never exported, wherever they are: secrets, and what only serves to check one.
 _KEY_SECRETS = frozenset({"digest", "ciphertext", "pepper_version", "envelope_version"})
 _SECRET_NAME = re.compile(r"password|secret|token|digest|cipher|hash|pepper", re.IGNORECASE)
-_STRIPE_FIELDS = {"stripe_customer_id": "customer_id", "stripe_subscription_id": "subscription_id"}
+_STRIPE_FIELDS = ID_FIELDS  # the billing section has the ids, opened
 _SCOPE_FIELDS = (IN_HOUSE_FIELD, EXCLUDED_FIELD)
 _EMAIL_FIELDS = (EMAIL_SEALED, EMAIL_INDEX, LEGACY_EMAIL)  # the document has the email, opened
 _INT = re.compile(r"-?\d{1,18}")
@@ -105,8 +106,8 @@ def _mentions(fields: dict[str, str], identifiers: set[str]) -> bool:
 async def export_account(redis: aioredis.Redis, account_id: str, sealer: AccountSealer) -> dict[str, Any]:
     """The account's document (shape in tests/unit/test_account_export.py and the docstring
     above). Raises LookupError for an account that does not exist (or was purged). The email is
-    sealed at rest: ``sealer`` opens it, so this runs where key material is (the verifier pool,
-    the CLI)."""
+    sealed at rest, and so are the Stripe ids: ``sealer`` opens them, so this runs where key
+    material is (the verifier pool, the CLI)."""
     opened = await AccountStore(redis, sealer).get(account_id)
     stored = await redis.hgetall(account_key(account_id))
     if opened is None or not stored:
@@ -119,7 +120,7 @@ async def export_account(redis: aioredis.Redis, account_id: str, sealer: Account
 
     keys = await _keys(redis, account_id)
     prefixes = {key["prefix"] for key in keys}
-    billing_state = await BillingStore(redis).state(account_id)
+    billing_state = await BillingStore(redis, sealer).state(account_id)  # the Stripe ids opened
     identifiers = {account_id, *prefixes, opened.email, billing_state.customer_id,
                    billing_state.subscription_id} - {""}
     finetunes = await _finetunes(redis, account_id)

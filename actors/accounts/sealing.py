@@ -26,10 +26,14 @@ which reseals every account after every replica has the new version
 SHA-256 index) is read as it is and moved the same way: sealed, indexed under the current
 pepper, the plaintext field and the old index deleted.
 
-Not sealed yet: the Stripe customer and subscription ids (``actors.billing.store``) and the
-``neuroapi:billing-by-customer:<customer id>`` index. The usage reporter, a deployment without key
-material, sends the plaintext customer id to Stripe, so sealing them needs that deployment to
-ask the verifier too.
+The Stripe customer and subscription ids are sealed the same way (``actors.billing.store``):
+``stripe_customer_sealed`` and ``stripe_subscription_sealed`` in the account hash, and the index
+from customer to account is ``neuroapi:billing-by-customer:v<P>:<hex HMAC-SHA256(pepper P,
+context + customer id)>`` (another context than the email's: the two indexes never collide),
+its name kept in ``stripe_customer_index`` for the purge. Ids written before (plaintext
+``stripe_customer_id``/``stripe_subscription_id``, the index ``neuroapi:billing-by-customer:<id>``)
+are read and moved like a pre-sealing email. The webhook path (the ingress) and the usage
+reporter hold no key material: they ask the verifier pool (``actors.billing.service.BillingIds``).
 
 Nothing here logs, prints or raises with an address, a token or key material."""
 
@@ -46,10 +50,13 @@ from cryptography.fernet import Fernet, InvalidToken
 from config.secrets import KeyMaterial
 
 EMAIL_INDEX_PREFIX = "neuroapi:account-by-email:"
-# HMAC input = this + the normalised address: never equal to what a key digest hashes.
+CUSTOMER_INDEX_PREFIX = "neuroapi:billing-by-customer:"
+# HMAC input = a context + the value: never equal to what a key digest (or the other index) hashes.
 _INDEX_CONTEXT = b"neuroapi:account-email\0"
+_CUSTOMER_CONTEXT = b"neuroapi:stripe-customer\0"
 _SEALED = re.compile(r"v(\d{1,9}):(.+)", re.DOTALL)
-_INDEX = re.compile(re.escape(EMAIL_INDEX_PREFIX) + r"v(\d{1,9}):[0-9a-f]{64}")
+_INDEX = re.compile(r"(?:" + re.escape(EMAIL_INDEX_PREFIX) + "|" + re.escape(CUSTOMER_INDEX_PREFIX)
+                    + r")v(\d{1,9}):[0-9a-f]{64}")
 
 
 class SealError(ValueError):
@@ -61,6 +68,11 @@ def legacy_email_index_key(email: str) -> str:
     return EMAIL_INDEX_PREFIX + hashlib.sha256(email.encode()).hexdigest()
 
 
+def legacy_customer_index_key(customer_id: str) -> str:
+    """The customer index name before sealing: the plaintext id in the key (read, then moved)."""
+    return CUSTOMER_INDEX_PREFIX + customer_id
+
+
 def sealed_version(sealed: str) -> int | None:
     """The envelope version a sealed value was made with (None: not a sealed value)."""
     match = _SEALED.fullmatch(sealed)
@@ -68,7 +80,7 @@ def sealed_version(sealed: str) -> int | None:
 
 
 def index_version(name: str) -> int | None:
-    """The pepper version of an index key name (None: the pre-sealing SHA-256 name)."""
+    """The pepper version of an (email or customer) index key name (None: a pre-sealing name)."""
     match = _INDEX.fullmatch(name)
     return int(match.group(1)) if match else None
 
@@ -133,10 +145,23 @@ class AccountSealer:
 
     def email_index_key(self, email: str, version: int | None = None) -> str:
         """The index name of a normalised ``email`` under pepper ``version`` (default: current)."""
+        return self._keyed(EMAIL_INDEX_PREFIX, _INDEX_CONTEXT, email, version)
+
+    def _keyed(self, prefix: str, context: bytes, value: str, version: int | None) -> str:
         ring = self._current()
         version = ring.pepper_version if version is None else version
-        digest = hmac.new(ring.peppers[version], _INDEX_CONTEXT + email.encode(), hashlib.sha256).hexdigest()
-        return f"{EMAIL_INDEX_PREFIX}v{version}:{digest}"
+        digest = hmac.new(ring.peppers[version], context + value.encode(), hashlib.sha256).hexdigest()
+        return f"{prefix}v{version}:{digest}"
+
+    def customer_index_key(self, customer_id: str, version: int | None = None) -> str:
+        """The index name of a Stripe customer id under pepper ``version`` (default: current)."""
+        return self._keyed(CUSTOMER_INDEX_PREFIX, _CUSTOMER_CONTEXT, customer_id, version)
+
+    def customer_index_candidates(self, customer_id: str) -> list[str]:
+        """Every name the index of ``customer_id`` may have: the current pepper's first, then
+        older peppers', then the pre-sealing name."""
+        versions = sorted(self._current().peppers, reverse=True)
+        return [self.customer_index_key(customer_id, v) for v in versions] + [legacy_customer_index_key(customer_id)]
 
     def email_index_candidates(self, email: str) -> list[str]:
         """Every name the index of ``email`` may have: the current pepper's first, then older

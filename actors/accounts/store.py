@@ -137,8 +137,6 @@ class AccountStore:
             EMAIL_INDEX: index,
             "status": account.status,
             "created_at": account.created_at,
-            "stripe_customer_id": "",
-            "stripe_subscription_id": "",
             "password_hash": password_hash,
         }
         args = [account.id, *(item for pair in fields.items() for item in pair)]

@@ -7,10 +7,12 @@ that holds key material reloads it and acknowledges (``actors.keys.material``), 
 cannot find the new version does not, which stops the rotation before any record moves; (3)
 records move one by one. Until a record moves it keeps verifying under its old version, since
 replicas accept any version they hold; after, under the new one. (4) Then every account moves
-too (``AccountStore.reseal``): its email sealed under the newest envelope key and its email
-index named under the newest pepper, whichever kind rotated, and a record from before sealing
-is sealed and re-indexed here. Until an account moves, lookups still find it under its older
-index name and open it under its older envelope key.
+too (``AccountStore.reseal``, ``BillingStore.reseal``): its email and Stripe ids sealed under
+the newest envelope key and its email and customer indexes named under the newest pepper,
+whichever kind rotated, and a record from before sealing is sealed and re-indexed here; so are
+the Stripe ids a purged account's billing record keeps (``BillingStore.reseal_retained``). Until
+an account moves, lookups still find it under its older index names and open it under its
+older envelope key.
 
 Each record moves with one compare-and-set (a Lua script): it writes the new digest (or
 ciphertext) and its version together, only if the old ones are still there, and never touches
@@ -30,6 +32,7 @@ import redis.asyncio as aioredis
 
 from actors.accounts.sealing import AccountSealer
 from actors.accounts.store import AccountStore, Resealed, account_key
+from actors.billing.store import BillingStore, billing_key
 from actors.keys.crypto import InvalidToken, KeyCrypto
 from actors.keys.material import SECRETS_TOPIC, reload_subject
 from actors.keys.store import key_record_key
@@ -41,6 +44,10 @@ from core.key_format import PREFIX_PATTERN, parse_key
 RECORD_PATTERN = key_record_key("*")
 ACCOUNT_PATTERN = account_key("*")
 _ACCOUNT_RECORD = re.compile(re.escape(account_key("")) + r"[^:]+")  # not its :keys, :usage:... keys
+BILLING_PATTERN = billing_key("*")
+_BILLING_RECORD = re.compile(re.escape(billing_key("")) + r"[^:]+")  # not usage_report:..., reporter:...
+# What one record's resealing counts as, when its email and its Stripe ids each did something.
+_WORST = (Resealed.UNREADABLE, Resealed.CONFLICT, Resealed.MOVED, Resealed.CURRENT)
 READ_FIELDS = ("digest", "pepper_version", "ciphertext", "envelope_version")
 # kind -> (the field that changes, the field that holds its version)
 FIELDS = {"pepper": ("digest", "pepper_version"), "envelope": ("ciphertext", "envelope_version")}
@@ -195,15 +202,22 @@ async def migrate(redis: aioredis.Redis, crypto: KeyCrypto, kind: str) -> Migrat
 
 
 async def migrate_accounts(redis: aioredis.Redis, sealer: AccountSealer) -> Migration:
-    """Move every account to ``sealer``'s newest envelope key and pepper. Safe to run again,
-    and alongside sign-ups, log-ins (which move a record they touch) and deletions."""
-    store = AccountStore(redis, sealer)
+    """Move every account (its email and Stripe ids), and the Stripe ids a purged account's
+    billing record keeps, to ``sealer``'s newest envelope key and pepper. Safe to run again,
+    and alongside sign-ups, log-ins and webhooks (which move a record they touch) and deletions."""
+    store, billing = AccountStore(redis, sealer), BillingStore(redis, sealer)
     migrated, skipped = 0, None
     for _ in range(MAX_PASSES):
         counts = dict.fromkeys(Resealed, 0)
         async for key in redis.scan_iter(match=ACCOUNT_PATTERN, count=BATCH):
             if _ACCOUNT_RECORD.fullmatch(key):
-                counts[await store.reseal(key.removeprefix(account_key("")))] += 1
+                account_id = key.removeprefix(account_key(""))
+                done = {await store.reseal(account_id), await billing.reseal(account_id)}
+                counts[next(r for r in _WORST if r in done)] += 1
+        async for key in redis.scan_iter(match=BILLING_PATTERN, count=BATCH):
+            account_id = key.removeprefix(billing_key(""))
+            if _BILLING_RECORD.fullmatch(key) and not await redis.exists(account_key(account_id)):
+                counts[await billing.reseal_retained(account_id)] += 1  # a purged account's
         migrated += counts[Resealed.MOVED]
         skipped = counts[Resealed.CURRENT] if skipped is None else skipped
         if counts[Resealed.MOVED] == 0 and counts[Resealed.CONFLICT] == 0:

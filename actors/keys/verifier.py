@@ -3,7 +3,10 @@
 Besides checking keys it serves the account endpoints (``actors.accounts.service``): they mint
 keys and sign session tokens, which needs the same key material. It is also where every other
 deployment turns an email into an account and back, and where the export is read: an account's
-email is sealed and its index keyed with that material (``actors.accounts.sealing``). Domain errors come back as
+email is sealed and its index keyed with that material (``actors.accounts.sealing``). Billing's
+Stripe ids are sealed and indexed the same way, so the ingress (customers, webhooks) and the usage
+reporter ask here too (``billing_*``, ``actors.billing.service.VerifierBillingIds``): the plaintext
+ids leave only as answers to them. Domain errors come back as
 ``GatewayError`` values for the ingress to raise, Redis out of reach too (503 with Retry-After)."""
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from actors.accounts.service import AccountService
 from actors.accounts.sessions import Session
 from actors.accounts.sealing import AccountSealer
 from actors.accounts.store import Account, AccountError, AccountExists
+from actors.billing.reporter import Subscribed
+from actors.billing.service import SealedBillingIds
 from actors.accounts.work_budget import Busy
 from actors.keys.material import ReplicaKeyMaterial
 from actors.keys.store import KeyInfo, KeyStore, VerifiedKey
@@ -50,6 +55,7 @@ class KeyVerifier:
         self._keys = KeyStore(redis, self._material.crypto)
         self._accounts = AccountService(redis, self._material.current, password_rounds=settings.password_rounds,
                                         session_ttl_s=settings.session_ttl_s)
+        self._billing = SealedBillingIds(redis, AccountSealer(self._material.current))
 
     @redis_down_is_503
     async def verify(self, presented_key: str) -> VerifiedKey | None:
@@ -131,6 +137,30 @@ class KeyVerifier:
             return await export_account(self._redis, account_id, AccountSealer(self._material.current))
         except (LookupError, AccountError):
             return GatewayError(404, "No such account.", code="account_not_found")
+
+    @redis_down_is_503
+    async def billing_customer(self, account_id: str) -> str:
+        """The account's Stripe customer id, opened ("" when it has none)."""
+        return await self._billing.customer_id(account_id)
+
+    @redis_down_is_503
+    async def set_billing_customer(self, account_id: str, customer_id: str) -> None | GatewayError:
+        """Record the account's Stripe customer, sealed and indexed."""
+        try:
+            return await self._billing.set_customer(account_id, customer_id)
+        except AccountError as error:
+            return GatewayError(404, f"{error}.", code="account_not_found")
+
+    @redis_down_is_503
+    async def apply_billing_event(self, event: dict) -> str | None:
+        """A Stripe event the ingress verified, applied once (``actors.billing.webhooks.apply``):
+        the account whose gating may have changed, for the ingress to broadcast."""
+        return await self._billing.apply_event(event)
+
+    @redis_down_is_503
+    async def billing_subscribed(self) -> list[Subscribed]:
+        """The accounts Stripe bills, their customer ids opened (the usage reporter's pass)."""
+        return await self._billing.subscribed()
 
     async def record_key_uses(self, last_used: dict[str, int]) -> None:
         await self._accounts.record_key_uses(last_used)

@@ -1,7 +1,9 @@
 """Account data encrypted at rest, on the real gateway and real Redis: after sign-ups, log-ins,
-duplicate sign-ups, exports, an operator's scope lookup by email and a pre-sealing record's
-first log-in, a scan of every key name, hash field, value and stream entry finds no account's
-email in any form (``actors.accounts.sealing``)."""
+duplicate sign-ups, exports, an operator's scope lookup by email, Stripe customers made at
+sign-up, subscription webhooks and a pre-sealing record's first log-in and webhook, a scan of
+every key name, hash field, value and stream entry finds no account's email in any form, and no
+Stripe customer or subscription id, plain or as the pre-sealing index name
+(``actors.accounts.sealing``)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ import redis.asyncio as aioredis
 
 from actors.accounts.passwords import hash_password
 from actors.accounts.sealing import legacy_email_index_key
+from actors.accounts.sealing import legacy_customer_index_key
+from tests.integration.test_billing import deliver, subscription
 from tests.support.gateway_client import bearer
-from tests.unit.test_account_sealing import leaked
+from tests.support.stripe_server import webhook_event
+from tests.unit.test_account_sealing import leaked, stripe_ids_seen
 
 PASSWORD = "a long enough password"
 
 
-async def test_redis_holds_no_email_in_any_form_while_accounts_keep_working(gateway, client):
+async def test_redis_holds_no_email_in_any_form_while_accounts_keep_working(gateway, client, stripe_server):
     redis = aioredis.Redis.from_url(gateway.redis.url, decode_responses=True)
     try:
         emails = [f"Sealed-{secrets.token_hex(4)}@Example.com" for _ in range(2)]
@@ -51,7 +56,32 @@ async def test_redis_holds_no_email_in_any_form_while_accounts_keep_working(gate
         refused = await client.post("/v1/auth/signup", json={"email": legacy_email, "password": PASSWORD})
         assert refused.status_code == 409
 
+        # Billing is on: each sign-up made a Stripe customer; a subscription webhook for each.
+        stripe_ids = []
+        for account_id in ids:
+            [customer] = [c for c, made in stripe_server.customers.items()
+                          if made["metadata"] == {"neuroapi_account": account_id}]
+            sub_id = "sub_" + secrets.token_hex(6)
+            created = webhook_event("customer.subscription.created", subscription(customer, "active", sub_id))
+            assert (await deliver(client, created)).status_code == 200
+            stripe_ids += [customer, sub_id]
+        # Ids written before sealing: plaintext fields and index. A webhook finds the account by
+        # the old index name, and that touch seals the ids and re-keys the index.
+        await redis.hset(f"neuroapi:account:{legacy_id}", mapping={
+            "stripe_customer_id": "cus_legacy" + secrets.token_hex(4), "stripe_subscription_id": ""})
+        legacy_customer = await redis.hget(f"neuroapi:account:{legacy_id}", "stripe_customer_id")
+        await redis.set(legacy_customer_index_key(legacy_customer), legacy_id)
+        await redis.sadd("neuroapi:billing-accounts", legacy_id)
+        assert await stripe_ids_seen(redis, legacy_customer) == [legacy_customer]
+        legacy_sub = "sub_" + secrets.token_hex(6)
+        created = webhook_event("customer.subscription.created", subscription(legacy_customer, "active", legacy_sub))
+        assert (await deliver(client, created)).status_code == 200
+        assert await redis.hget(f"neuroapi:billing:{legacy_id}", "status") == "active"  # found, applied
+        stripe_ids += [legacy_customer, legacy_sub]
+
         # Every form: plain, lower-cased, SHA-256 hex of both, and the pre-sealing index name.
         assert await leaked(redis, *emails, legacy_email) == []
+        # No Stripe id in a key name (the old index name included) or in any value.
+        assert await stripe_ids_seen(redis, *stripe_ids) == []
     finally:
         await redis.aclose()

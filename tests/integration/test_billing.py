@@ -15,17 +15,22 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray import serve
 import redis.asyncio as aioredis
 
+from actors.accounts.sealing import AccountSealer
 from actors.accounts.store import account_usage_key
 from actors.billing.reporter import UsageReporter
 from actors.billing.service import StoredSubscriptions
 from actors.billing.store import BillingStore
 from actors.billing.stripe_api import StripeBilling
 from actors.metering.record import current_month
+from config.secrets import load_key_material
+from config.settings import load_settings
 from core.money import MICRO
 from tests.conftest import FREE_COST_UNITS, STRIPE_WEBHOOK_SECRET
 from tests.support.gateway_client import bearer
+from tests.unit.test_account_sealing import stripe_ids_seen
 from tests.support.leak_scan import scan_files, scan_redis
 from tests.support.stripe_server import METERED_PRICE, SECRET_KEY, sign_webhook, webhook_event
 
@@ -50,6 +55,14 @@ async def redis(gateway):
     await client.aclose()
 
 
+@pytest.fixture
+def store(gateway, redis) -> BillingStore:
+    """The Stripe ids are sealed at rest: opened here with the gateway's key material (read
+    again on each use, since a rotation test may add versions)."""
+    settings = load_settings(gateway.config_path)
+    return BillingStore(redis, AccountSealer(lambda: load_key_material(settings)[0]))
+
+
 async def deliver(client, event: dict, secret: str = STRIPE_WEBHOOK_SECRET, at: int | None = None):
     payload = json.dumps(event).encode()
     return await client.post("/v1/billing/webhook", content=payload,
@@ -71,24 +84,24 @@ async def statuses(client, key: str, n: int = 12) -> set[int]:
             for _ in range(n)}
 
 
-async def test_sign_up_makes_a_stripe_customer(client, stripe_server, redis):
+async def test_sign_up_makes_a_stripe_customer(client, stripe_server, store):
     account_id, _, _ = await sign_up(client)
-    customer = await BillingStore(redis).customer_id(account_id)
+    customer = await store.customer_id(account_id)
     assert customer in stripe_server.customers
     assert stripe_server.customers[customer]["metadata"] == {"neuroapi_account": account_id}
 
 
-async def test_a_stripe_outage_at_sign_up_loses_no_account(client, stripe_server, redis):
+async def test_a_stripe_outage_at_sign_up_loses_no_account(client, stripe_server, store):
     stripe_server.down = True
     try:
         account_id, token, key = await sign_up(client)  # the account exists and works
         assert await statuses(client, key, 2) == {200}
-        assert await BillingStore(redis).customer_id(account_id) == ""
+        assert await store.customer_id(account_id) == ""
     finally:
         stripe_server.down = False
     checkout = await client.post("/v1/billing/checkout", headers=bearer(token))
     assert checkout.status_code == 200, checkout.text
-    customer = await BillingStore(redis).customer_id(account_id)
+    customer = await store.customer_id(account_id)
     assert customer in stripe_server.customers  # made when first needed
 
 
@@ -114,9 +127,9 @@ async def test_webhooks_need_a_fresh_valid_signature(client):
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_signature"
 
 
-async def test_gating_follows_the_subscription_on_every_replica_once_the_webhook_returns(client, redis):
+async def test_gating_follows_the_subscription_on_every_replica_once_the_webhook_returns(client, redis, store):
     account_id, _, key = await sign_up(client)
-    customer = await BillingStore(redis).customer_id(account_id)
+    customer = await store.customer_id(account_id)
     # Past the free allowance, as if it had used it all this month.
     await redis.hincrby(account_usage_key(account_id, current_month(int(time.time() * 1000))),
                         "cost_micro_units", FREE_COST_UNITS * MICRO)
@@ -138,9 +151,8 @@ async def test_gating_follows_the_subscription_on_every_replica_once_the_webhook
 
 
 async def test_usage_reaches_stripe_exactly_once_through_a_crash_and_an_outage(client, stripe_server, redis,
-                                                                                 gateway):
+                                                                                 gateway, store):
     account_id, _, key = await sign_up(client)
-    store = BillingStore(redis)
     customer = await store.customer_id(account_id)
     assert (await deliver(client, webhook_event("customer.subscription.created",
                                                 subscription(customer, "active", "sub_" + secrets.token_hex(6))))
@@ -170,17 +182,34 @@ async def test_usage_reaches_stripe_exactly_once_through_a_crash_and_an_outage(c
     assert (await reporter.ledger(account_id, month)).reported_micro == billed * MICRO
 
 
+async def test_the_reporter_deployment_gets_the_sealed_customer_ids_from_the_verifier(client, stripe_server,
+                                                                                     redis, store):
+    """The usage reporter holds no key material: its pass asks the verifier pool for the
+    subscribed accounts' customer ids, and Redis never shows one."""
+    account_id, _, _ = await sign_up(client)
+    customer = await store.customer_id(account_id)
+    sub_id = "sub_" + secrets.token_hex(6)
+    assert (await deliver(client, webhook_event("customer.subscription.created",
+                                                subscription(customer, "active", sub_id)))).status_code == 200
+    await redis.hincrby(account_usage_key(account_id, current_month(int(time.time() * 1000))),
+                        "cost_micro_units", FREE_COST_UNITS * MICRO + 2_000_000)
+    reporter = serve.get_deployment_handle("BillingReporter", app_name="neuroapi")
+    assert await reporter.report_once.remote() >= 1
+    assert stripe_server.meter_total(customer_id=customer) == 2
+    assert await stripe_ids_seen(redis, customer, sub_id) == []
+
+
 def neuroapi(gateway, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "neuroapi"), *args, "--config", str(gateway.config_path)],
                           env={**os.environ, **gateway.environ}, capture_output=True, text=True, timeout=120)
 
 
-async def test_the_cli_makes_customers_and_reports_usage_now(gateway, stripe_server, redis, client):
+async def test_the_cli_makes_customers_and_reports_usage_now(gateway, stripe_server, redis, client, store):
     email = f"cli-{secrets.token_hex(4)}@example.com"
     created = neuroapi(gateway, "accounts", "create", email)
     assert created.returncode == 0, created.stderr
     account_id = created.stderr.split()[2]  # "created account <id> for <email>"
-    customer = await BillingStore(redis).customer_id(account_id)
+    customer = await store.customer_id(account_id)
     assert customer in stripe_server.customers
 
     assert (await deliver(client, webhook_event("customer.subscription.created",

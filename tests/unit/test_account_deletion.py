@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from actors.accounts import store as store_module
 from actors.accounts.deletion import PURGE_QUEUE, delete_account, purge_due
 from actors.accounts.passwords import hash_password
+from actors.accounts.sealing import AccountSealer
 from actors.accounts.service import AccountService
 from actors.accounts.sessions import SessionStore, SessionTokens
 from actors.billing.store import ACCOUNTS_KEY, BillingStore
@@ -62,7 +63,7 @@ async def populate(redis, key_material, email: str, customer: str) -> SimpleName
                    10, 5, False, 1500, 100, 200)
         for at in (MARCH, APRIL)])
     await ScopeStore(redis).set(account.id, Scope(True, frozenset()), actor="operator")
-    billing = BillingStore(redis)
+    billing = BillingStore(redis, AccountSealer(key_material))
     await billing.set_customer(account.id, customer)
     await billing.update_once(f"evt_{customer}", account.id, lambda state: replace(
         state, subscription_id=f"sub_{customer}", status="active", status_at=1, billed_from_month="2026-03"))
@@ -150,12 +151,14 @@ async def test_purge_leaves_only_the_accounting_records(redis, key_material):
     ])
     assert int(after[f"neuroapi:account:{account.id}:usage:2026-04"]["cost_micro_units"]) == 1500
     detached = after[f"neuroapi:billing:{account.id}"]
-    assert (detached["stripe_customer_id"], detached["stripe_subscription_id"], detached["status"]) == (
-        "cus_gone", "sub_cus_gone", "active")
+    sealer = AccountSealer(key_material)  # kept sealed, as in the account hash
+    assert "stripe_customer_id" not in detached and "stripe_subscription_id" not in detached
+    assert (sealer.open(detached["stripe_customer_sealed"]), sealer.open(detached["stripe_subscription_sealed"]),
+            detached["status"]) == ("cus_gone", "sub_cus_gone", "active")
     assert int(detached["deleted_at"]) > 0
     assert after[f"neuroapi:ft:{account.finetune}:v1"]["owner_account"] == account.id  # not opened to all
     assert account.id not in after[ACCOUNTS_KEY]
-    assert await BillingStore(redis).account_for_customer("cus_gone") is None
+    assert await BillingStore(redis, sealer).account_for_customer("cus_gone") is None
     audited = [f for f in after[AUDIT_STREAM].values() if f.get("account_id") == account.id]
     assert [f["action"] for f in audited] == ["scope.set", "account.delete", "account.purge"]
     # The email is free again, and nothing of the account can come back.

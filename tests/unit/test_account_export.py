@@ -93,7 +93,7 @@ async def build(redis, crypto, tokens, email: str, tag: str) -> Built:
     await UsageStore(redis).write(calls)
     built.request_ids = [call.request_id for call in calls]
     await ScopeStore(redis).set(account.id, Scope(excluded_providers=frozenset({"openai"})), "ops@neuroapi")
-    billing = BillingStore(redis)
+    billing = BillingStore(redis, SEALER)
     await billing.set_customer(account.id, built.customer)
     built.event = f"evt_{tag}0001"
     await billing.update_once(built.event, account.id, lambda state: replace(
@@ -186,13 +186,16 @@ async def _check_key(redis, doc: dict, template: str, parts: dict[str, str], key
         fields = await redis.hgetall(key)
         scope = Scope.from_fields(fields.get(IN_HOUSE_FIELD), fields.get(EXCLUDED_FIELD)).as_dict()
         problems = [] if doc["scope"] == scope else [f"{key}: scope {scope} exported as {doc['scope']}"]
-        stripe = {"customer_id": fields.get("stripe_customer_id"),
-                  "subscription_id": fields.get("stripe_subscription_id")}
+        stripe = {"customer_id": SEALER.open(fields["stripe_customer_sealed"]) if "stripe_customer_sealed"
+                  in fields else fields.get("stripe_customer_id"),
+                  "subscription_id": SEALER.open(fields["stripe_subscription_sealed"]) if "stripe_subscription_sealed"
+                  in fields else fields.get("stripe_subscription_id")}
         problems += _same_fields(key + " (stripe ids)", billing, stripe)
         opened = SEALER.open(fields["email_sealed"]) if "email_sealed" in fields else fields.get("email")
         problems += [] if account.get("email") == opened else [f"{key}: its email is not the exported one"]
         return problems + _same_fields(key, account, fields, skip={
             "password_hash", IN_HOUSE_FIELD, EXCLUDED_FIELD, "stripe_customer_id", "stripe_subscription_id",
+            "stripe_customer_sealed", "stripe_subscription_sealed", "stripe_customer_index",
             "email_sealed", "email_index", "email"})
     if template == "neuroapi:account-by-email:v{pepper_version}:{email_hmac}":
         ok = (SEALER.email_index_key(account["email"], int(parts["pepper_version"])) == key
@@ -232,6 +235,10 @@ async def _check_key(redis, doc: dict, template: str, parts: dict[str, str], key
         return problems
     if template == "neuroapi:billing:{account}":
         return _same_fields(key, billing, await redis.hgetall(key))
+    if template == "neuroapi:billing-by-customer:v{pepper_version}:{customer_hmac}":
+        ok = (SEALER.customer_index_key(billing["customer_id"], int(parts["pepper_version"])) == key
+              and await redis.get(key) == account["id"])
+        return [] if ok else [f"{key}: customer not exported"]
     if template == "neuroapi:billing-by-customer:{customer}":
         ok = billing["customer_id"] == parts["customer"] and await redis.get(key) == account["id"]
         return [] if ok else [f"{key}: customer not exported"]
@@ -300,7 +307,8 @@ async def test_the_export_holds_every_key_and_entry_naming_the_account_and_nothi
     # The walk is not vacuous: setup made every kind of key (the session index only where
     # SessionStore keeps one) and entries in both streams.
     expected = set(KEYS_OF_ACCOUNT) - {"neuroapi:account:{account}:sessions",
-                                       "neuroapi:account-by-email:{email_sha256}"} | {"neuroapi:billing-accounts"}
+                                       "neuroapi:account-by-email:{email_sha256}",
+                                       "neuroapi:billing-by-customer:{customer}"} | {"neuroapi:billing-accounts"}
     assert expected <= seen
     assert len(doc["calls"]) == 3 and {c["request_id"] for c in doc["calls"]} == set(ann.request_ids)
     assert [a["action"] for a in doc["audit"]] == ["scope.set", "finetune.stage", "finetune.deploy"]

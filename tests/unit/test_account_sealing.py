@@ -12,9 +12,10 @@ import pytest
 
 from actors.accounts.deletion import delete_account, purge_due
 from actors.accounts.passwords import hash_password
-from actors.accounts.sealing import AccountSealer, SealError, legacy_email_index_key
+from actors.accounts.sealing import AccountSealer, SealError, legacy_customer_index_key, legacy_email_index_key
 from actors.accounts.service import AccountService
 from actors.accounts.store import Account, AccountExists, Resealed, account_key
+from actors.billing.store import BillingStore, billing_key
 from actors.keys.material import ReplicaKeyMaterial
 from actors.keys.rotation import migrate_accounts, rotate
 from config.secrets import KeyMaterial, load_key_material
@@ -186,6 +187,55 @@ async def test_rotations_reseal_every_account_after_the_replicas_reload(redis, o
         assert (await service.accounts.by_email("legacy2@example.com")).id == legacy
     finally:
         await replica.stop()
+
+
+async def stripe_ids_seen(redis, *ids: str) -> list[str]:
+    """Every Stripe id that Redis shows, in a key name or any value."""
+    texts = await everything_in(redis) + [key async for key in redis.scan_iter("*")]
+    return sorted({i for i in ids for text in texts if i in text})
+
+
+async def test_stripe_ids_are_sealed_and_indexed_keyed_and_old_ones_moved_by_the_migration(redis):
+    """The Stripe ids (issue 18, item 4): sealed in the account hash, the customer index keyed;
+    ids from before sealing (plaintext fields, ``neuroapi:billing-by-customer:<id>``, and the
+    plaintext a purge moved into ``neuroapi:billing:<id>``) are moved by the migration, which
+    also reseals them under a new envelope key and pepper."""
+    old = material()
+    sealed = (await account_store(redis, old).create("sealed-ids@example.com")).id
+    await BillingStore(redis, AccountSealer(old)).set_customer(sealed, "cus_SEALED01")
+    legacy = await write_legacy(redis, "legacy-ids@example.com")
+    await redis.hset(account_key(legacy), mapping={"stripe_customer_id": "cus_LEGACY01",
+                                                   "stripe_subscription_id": "sub_LEGACY01"})
+    await redis.set(legacy_customer_index_key("cus_LEGACY01"), legacy)
+    # An account purged before sealing existed: its billing record kept the plaintext ids.
+    await redis.hset(billing_key("acct_purgedlong"), mapping={
+        "status": "canceled", "stripe_customer_id": "cus_PURGED01", "stripe_subscription_id": "sub_PURGED01"})
+    ids = ("cus_SEALED01", "cus_LEGACY01", "sub_LEGACY01", "cus_PURGED01", "sub_PURGED01")
+    assert await stripe_ids_seen(redis, *ids) == ["cus_LEGACY01", "cus_PURGED01", "sub_LEGACY01", "sub_PURGED01"]
+
+    new = with_versions(old, peppers=(2,), envelopes=(2,))
+    report = await migrate_accounts(redis, AccountSealer(new))
+    assert report.left == 0 and report.migrated >= 3
+    assert await stripe_ids_seen(redis, *ids) == []
+    store = BillingStore(redis, AccountSealer(new))
+    for account_id, customer, subscription in ((sealed, "cus_SEALED01", ""), (legacy, "cus_LEGACY01", "sub_LEGACY01")):
+        fields = await redis.hgetall(account_key(account_id))
+        assert fields["stripe_customer_sealed"].startswith("v2:")
+        assert fields["stripe_customer_index"] == AccountSealer(new).customer_index_key(customer, 2)
+        assert await store.account_for_customer(customer) == account_id
+        assert (await store.state(account_id)).subscription_id == subscription
+    retained = await redis.hgetall(billing_key("acct_purgedlong"))
+    assert AccountSealer(new).open(retained["stripe_customer_sealed"]) == "cus_PURGED01"
+    assert retained["stripe_subscription_sealed"].startswith("v2:") and retained["status"] == "canceled"
+    assert (await migrate_accounts(redis, AccountSealer(new))).migrated == 0  # re-running: a no-op
+    # The purge (no key material) deletes the keyed customer index by the name the hash keeps.
+    await delete_account(redis, legacy)
+    assert await purge_due(redis) == [legacy]
+    assert [k async for k in redis.scan_iter(match="neuroapi:billing-by-customer:*")] == [
+        AccountSealer(new).customer_index_key("cus_SEALED01")]
+    kept = await redis.hgetall(billing_key(legacy))
+    assert AccountSealer(new).open(kept["stripe_subscription_sealed"]) == "sub_LEGACY01"
+    assert await stripe_ids_seen(redis, *ids) == []
 
 
 def test_nothing_shows_an_address_or_key_material():

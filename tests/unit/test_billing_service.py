@@ -10,12 +10,13 @@ import time
 import pytest
 
 from actors.accounts.store import account_usage_key
-from actors.billing.service import BILLING_TOPIC, BillingService
+from actors.accounts.sealing import AccountSealer
+from actors.billing.service import BILLING_TOPIC, BillingService, SealedBillingIds
 from actors.billing.stripe_api import BillingUnavailable, StripeBilling
 from actors.billing.webhooks import InvalidWebhook
 from actors.metering.record import current_month
 from config.settings import load_settings
-from tests.support.key_material import account_store
+from tests.support.key_material import ACCOUNTS_MATERIAL, account_store
 from tests.support.listeners import listening
 from tests.support.stripe_server import METERED_PRICE, SECRET_KEY, FakeStripe, sign_webhook, webhook_event
 
@@ -34,6 +35,7 @@ async def billing(fake, redis, tmp_path):
     settings = load_settings(environ={"NEUROAPI_DATA_DIR": str(tmp_path)}).model_copy(update={
         "stripe_price": METERED_PRICE, "billing_free_cost_units": 10})
     service = BillingService(settings, redis, StripeBilling(SECRET_KEY, fake.url), WEBHOOK_SECRET,
+                             ids=SealedBillingIds(redis, AccountSealer(ACCOUNTS_MATERIAL)),
                              email_of=account_store(redis).email_of)
     yield service
     await service.aclose()
@@ -60,7 +62,7 @@ async def test_stripe_away_at_sign_up_loses_nothing_and_the_customer_comes_later
     fake.down = False
     url = await billing.checkout_url(account_id)
     [session] = fake.checkout_sessions.values()
-    assert session["url"] == url and session["customer"] == await billing.store.customer_id(account_id)
+    assert session["url"] == url and session["customer"] == await billing.ids.customer_id(account_id)
 
 
 async def test_the_overview_counts_this_months_cost_against_the_allowance(billing, redis):

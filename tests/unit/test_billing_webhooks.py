@@ -17,7 +17,10 @@ from actors.accounts.store import account_usage_key
 from actors.billing.store import BillingStore, event_key
 from actors.billing.webhooks import InvalidWebhook, apply, verify
 from actors.metering.record import current_month
-from tests.support.key_material import account_store
+from actors.accounts.sealing import AccountSealer
+from tests.support.key_material import ACCOUNTS_MATERIAL, account_store
+
+SEALER = AccountSealer(ACCOUNTS_MATERIAL)  # the Stripe ids are sealed (the verifier pool applies webhooks)
 
 SECRET = "whsec_test_" + "a" * 24
 NOW = 1_773_000_000  # 2026-03-08 UTC
@@ -66,7 +69,7 @@ def checkout(sub_id: str, customer: str = "cus_A") -> dict:
 @pytest.fixture
 async def account(redis) -> str:
     account_id = (await account_store(redis).create("payer@example.com")).id
-    await BillingStore(redis).set_customer(account_id, "cus_A")
+    await BillingStore(redis, SEALER).set_customer(account_id, "cus_A")
     return account_id
 
 
@@ -74,11 +77,11 @@ async def deliver(redis, body: dict, header: str | None = None, secret: str = SE
     """What the webhook endpoint does: verify the raw body, then apply it."""
     payload = json.dumps(body).encode()
     verified = verify(payload, sign(payload) if header is None else header, secret)
-    return await apply(BillingStore(redis), redis, verified, now=NOW)
+    return await apply(BillingStore(redis, SEALER), redis, verified, now=NOW)
 
 
 async def status(redis, account_id: str) -> str:
-    return (await BillingStore(redis).state(account_id)).status
+    return (await BillingStore(redis, SEALER).state(account_id)).status
 
 
 # ---- signature --------------------------------------------------------------------------------
@@ -88,7 +91,7 @@ async def test_a_validly_signed_event_is_verified_and_applied(redis, account):
     payload = json.dumps(body).encode()
     assert verify(payload, sign(payload), SECRET) == body
     assert await deliver(redis, body) == account  # the status changed: the caller broadcasts
-    state = await BillingStore(redis).state(account)
+    state = await BillingStore(redis, SEALER).state(account)
     assert (state.status, state.subscription_id, state.status_at) == ("active", "sub_1", NOW)
     assert (state.period_start, state.period_end) == (NOW - 86400, NOW + 29 * 86400)  # from its item
 
@@ -145,7 +148,7 @@ async def test_an_event_for_an_unknown_customer_is_not_marked_so_a_redelivery_ap
                  subscription("sub_9", "active", customer="cus_late"), NOW)
     assert await deliver(redis, body) is None
     assert not await redis.exists(event_key("evt_early"))
-    await BillingStore(redis).set_customer(account_id, "cus_late")
+    await BillingStore(redis, SEALER).set_customer(account_id, "cus_late")
     assert await deliver(redis, body) == account_id
     assert await status(redis, account_id) == "active"
 
@@ -163,7 +166,7 @@ async def test_an_older_active_event_never_rolls_a_cancellation_back(redis, acco
     active = event("evt_1", "customer.subscription.updated", subscription("sub_1", "active"), NOW)
     assert await deliver(redis, canceled) == account
     assert await deliver(redis, active) is None  # created earlier, delivered later
-    state = await BillingStore(redis).state(account)
+    state = await BillingStore(redis, SEALER).state(account)
     assert (state.status, state.status_at) == ("canceled", NOW + 100)
 
 
@@ -177,14 +180,14 @@ async def test_a_canceled_subscription_is_never_revived_by_a_late_event(redis, a
     # A new subscription does make the account active again.
     fresh = event("evt_new", "customer.subscription.created", subscription("sub_2", "active"), NOW + 50)
     assert await deliver(redis, fresh) == account
-    assert (await BillingStore(redis).state(account)).subscription_id == "sub_2"
+    assert (await BillingStore(redis, SEALER).state(account)).subscription_id == "sub_2"
 
 
 async def test_an_old_subscription_ending_does_not_end_the_current_one(redis, account):
     await deliver(redis, event("evt_b", "customer.subscription.created", subscription("sub_2", "active"), NOW))
     ended = event("evt_a", "customer.subscription.deleted", subscription("sub_1", "canceled"), NOW + 10)
     assert await deliver(redis, ended) is None
-    state = await BillingStore(redis).state(account)
+    state = await BillingStore(redis, SEALER).state(account)
     assert (state.status, state.subscription_id) == ("active", "sub_2")
 
 
@@ -195,12 +198,12 @@ async def test_a_failed_payment_makes_the_account_past_due_until_paid(redis, acc
     await deliver(redis, event("evt_s", "customer.subscription.created", subscription("sub_1", "active"), NOW))
     failed = event("evt_f1", "invoice.payment_failed", invoice("sub_1", legacy=legacy), NOW + 60)
     assert await deliver(redis, failed) == account
-    state = await BillingStore(redis).state(account)
+    state = await BillingStore(redis, SEALER).state(account)
     assert (state.status, state.status_since) == ("past_due", NOW + 60)
     # A retry that fails again does not restart the grace period.
     again = event("evt_f2", "invoice.payment_failed", invoice("sub_1", legacy=legacy), NOW + 3600)
     assert await deliver(redis, again) is None
-    assert (await BillingStore(redis).state(account)).status_since == NOW + 60
+    assert (await BillingStore(redis, SEALER).state(account)).status_since == NOW + 60
     paid = event("evt_p", "invoice.paid", invoice("sub_1", legacy=legacy), NOW + 7200)
     assert await deliver(redis, paid) == account
     assert await status(redis, account) == "active"
@@ -223,7 +226,7 @@ async def test_invoices_of_another_subscription_or_a_canceled_one_change_nothing
 
 async def test_checkout_completed_links_the_subscription_found_by_customer(redis, account):
     assert await deliver(redis, event("evt_cs", "checkout.session.completed", checkout("sub_1"), NOW + 5)) is None
-    state = await BillingStore(redis).state(account)
+    state = await BillingStore(redis, SEALER).state(account)
     assert (state.subscription_id, state.status) == ("sub_1", "none")  # status comes from the subscription
     # The subscription was created before the session completed; its event still applies.
     created = event("evt_sc", "customer.subscription.created", subscription("sub_1", "active"), NOW)
@@ -234,7 +237,7 @@ async def test_checkout_completed_links_the_subscription_found_by_customer(redis
 async def test_checkout_after_the_subscription_event_keeps_it(redis, account):
     await deliver(redis, event("evt_sc", "customer.subscription.created", subscription("sub_1", "active"), NOW))
     assert await deliver(redis, event("evt_cs", "checkout.session.completed", checkout("sub_1"), NOW + 1)) is None
-    state = await BillingStore(redis).state(account)
+    state = await BillingStore(redis, SEALER).state(account)
     assert (state.subscription_id, state.status) == ("sub_1", "active")
 
 
@@ -245,6 +248,6 @@ async def test_usage_before_the_subscription_is_recorded_as_not_billed(redis, ac
     await deliver(redis, event("evt_1", "customer.subscription.created", subscription("sub_1", "trialing"), NOW))
     await redis.hincrby(account_usage_key(account, MONTH), "cost_micro_units", 1_000_000)
     await deliver(redis, event("evt_2", "customer.subscription.updated", subscription("sub_1", "active"), NOW + 1))
-    state = await BillingStore(redis).state(account)
+    state = await BillingStore(redis, SEALER).state(account)
     assert state.unbilled_micro(MONTH) == 3_500_000  # fixed when the subscription began
     assert state.unbilled_micro("2026-04") == 0

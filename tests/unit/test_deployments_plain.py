@@ -5,6 +5,8 @@ upstream providers."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,13 +14,16 @@ import pytest
 from actors.accounts.sessions import Session
 from actors.accounts.store import Account
 from actors.keys.store import KeyInfo, VerifiedKey
+from actors.billing.reporter_deployment import BillingReporter
+from actors.billing.service import BillingService, VerifierBillingIds
+from actors.billing.stripe_api import StripeBilling
 from actors.keys.verifier import KeyVerifier
 from actors.metering.batcher_deployment import MetadataBatcher
 from actors.metering.record import current_month
 from actors.metering.usage_store import CALLS_STREAM, UsageStore
 from actors.providers.proxy import ProviderProxy
 from actors.routing.router import ModeRouter
-from config.settings import Settings, load_settings
+from config.settings import STRIPE_SECRET_VARIABLE, Settings, load_settings
 from core.backend import Completion, LoraAdapter, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
 from core.errors import GatewayError
 from core.key_format import generate_key
@@ -29,10 +34,13 @@ from serve_app.runtime import free_port
 from tests.conftest import key_material_environment
 from tests.support.call_records import record
 from tests.support.key_material import account_store
+from tests.support.local_handle import LocalHandle
+from tests.support.stripe_server import METERED_PRICE, SECRET_KEY, FakeStripe, sign_webhook, webhook_event
 from tests.support.scripted_engine import HELLO, SPEC, ScriptedEngine, WordTokenizer
 from tests.support.upstreams import CREDENTIALS
 
 PASSWORD = "a long enough password"
+WEBHOOK_SECRET = "whsec_unit_neuroapi_0123456789"
 
 
 @pytest.fixture
@@ -113,6 +121,55 @@ async def test_the_verifier_turns_emails_into_accounts_and_back_for_the_other_de
             assert isinstance(missing, GatewayError) and (missing.status, missing.code) == (404, "account_not_found")
     finally:
         await verifier.close()
+
+
+async def test_billing_without_key_material_asks_the_verifier_for_the_sealed_stripe_ids(
+        settings, own_redis, redis, monkeypatch):
+    """The ingress's billing (customers, webhooks) and the usage reporter hold no key material:
+    every Stripe id they need opened or sealed goes through the verifier, and Redis shows none."""
+    fake = FakeStripe().start()
+    monkeypatch.setenv(STRIPE_SECRET_VARIABLE, SECRET_KEY)
+    settings = settings.model_copy(update={"stripe_price": METERED_PRICE, "stripe_api_base": fake.url,
+                                           "billing_free_cost_units": 0})
+    verifier = KeyVerifier(settings, own_redis.url)
+    handle = LocalHandle(verifier)
+    ingress_billing = BillingService(settings, redis, StripeBilling(SECRET_KEY, fake.url), WEBHOOK_SECRET,
+                                     ids=VerifierBillingIds(handle), email_of=handle.email_of.remote)
+    reporter = BillingReporter(settings, own_redis.url, handle)
+    try:
+        account = await verifier.signup("payer@example.com", PASSWORD)
+        customer = await ingress_billing.ensure_customer(account.id)
+        assert fake.customers[customer]["email"] == "payer@example.com"
+        assert await verifier.billing_customer(account.id) == customer
+        event = webhook_event("customer.subscription.created", {
+            "id": "sub_sealed1", "object": "subscription", "customer": customer, "status": "active",
+            "created": int(time.time()), "items": {"object": "list", "data": []}})
+        payload = json.dumps(event).encode()
+        await ingress_billing.webhook(payload, sign_webhook(payload, WEBHOOK_SECRET))
+        assert (await ingress_billing.overview(account.id))["status"] == "active"
+        [subscribed] = await verifier.billing_subscribed()
+        assert (subscribed.account_id, subscribed.customer_id) == (account.id, customer)
+
+        month = current_month(int(time.time() * 1000))
+        await redis.hincrby(f"neuroapi:account:{account.id}:usage:{month}", "cost_micro_units", 3_000_000)
+        assert await reporter.report_once() == 1
+        assert [(e["payload"]["stripe_customer_id"], e["payload"]["value"]) for e in fake.meter_events] == [
+            (customer, "3")]
+
+        texts = [key async for key in redis.scan_iter("*")]
+        for key in texts[:]:
+            if await redis.type(key) == "hash":
+                texts += [part for item in (await redis.hgetall(key)).items() for part in item]
+            elif await redis.type(key) == "string":
+                texts.append(await redis.get(key))
+        assert not [text for text in texts if customer in text or "sub_sealed1" in text]
+        missing = await verifier.set_billing_customer("acct_0000000000000000", "cus_X")
+        assert isinstance(missing, GatewayError) and missing.code == "account_not_found"
+    finally:
+        await reporter.close()
+        await ingress_billing.aclose()
+        await verifier.close()
+        fake.stop()
 
 
 async def test_the_verifier_answers_503_while_redis_is_unreachable(settings):
