@@ -109,6 +109,9 @@ class Settings(BaseModel):
     # per-call records by age, monthly usage counters (accounting) by months, the audit stream.
     housekeeping_every_s: float = Field(default=3600.0, gt=0)
     calls_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Ray's finished session directories (<ray temp dir>/session_*, their logs included) unchanged
+    # this long are deleted when `neuroapi serve` starts its own Ray (serve_app.ray_sessions).
+    log_retention_days: int = Field(default=14, ge=1)
     usage_retention_months: int = Field(default=84, ge=1, le=1200)  # 7 years: tax and accounting
     audit_retention_days: int = Field(default=400, ge=1, le=36500)
     # Billing with Stripe (actors.billing): on when NEUROAPI_STRIPE_SECRET_KEY is in the

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from serve_app import haproxy_edge, request_id
+from serve_app import haproxy_edge, ray_sessions, request_id
 
 APP_NAME = "neuroapi"
 SERVE_ENVIRONMENT = {
@@ -120,6 +120,13 @@ def start_gateway(settings, redis_url: str, num_cpus: int | None = None, should_
     from serve_app.app import build_app
 
     if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):
+            # Our own local Ray: old runs' session directories go first, from where Ray puts them
+            # without a _temp_dir (RAY_TMPDIR, else on Linux TMPDIR, else /tmp; then ray/).
+            from ray._common.utils import get_default_ray_temp_dir
+
+            ray_sessions.prune_ray_sessions(Path(get_default_ray_temp_dir()),
+                                            settings.log_retention_days * 86400.0)
         ray.init(
             # "local" starts our own Ray even when another one runs on this machine.
             address=os.environ.get("RAY_ADDRESS") or "local",
