@@ -43,10 +43,10 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 
+from actors.keys.crypto import Keyring
 from config.secrets import KeyMaterial
 
 EMAIL_INDEX_PREFIX = "neuroapi:account-by-email:"
@@ -85,21 +85,6 @@ def index_version(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class _Ring:
-    """Everything derived from one KeyMaterial; replaced as a whole after a reload."""
-
-    fernets: dict[int, Fernet]
-    peppers: dict[int, bytes]
-    envelope_version: int
-    pepper_version: int
-
-    @classmethod
-    def of(cls, material: KeyMaterial) -> _Ring:
-        return cls({v: Fernet(k) for v, k in material.envelope_keys.items()}, dict(material.peppers),
-                   max(material.envelope_keys), max(material.peppers))
-
-
 class AccountSealer:
     """Seals and opens account fields and names the email index, with the newest key material
     ``material()`` returns (a verifier replica's reloads are picked up on the next call)."""
@@ -107,15 +92,15 @@ class AccountSealer:
     def __init__(self, material: KeyMaterial | Callable[[], KeyMaterial]):
         self._material = material if callable(material) else (lambda: material)
         self._built_from: KeyMaterial | None = None
-        self._ring: _Ring | None = None
+        self._ring: Keyring | None = None
 
     def __repr__(self) -> str:
         return "AccountSealer()"
 
-    def _current(self) -> _Ring:
+    def _current(self) -> Keyring:
         material = self._material()
         if material is not self._built_from or self._ring is None:
-            self._ring = _Ring.of(material)
+            self._ring = Keyring.of(material)
             self._built_from = material
         return self._ring
 

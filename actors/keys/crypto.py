@@ -36,8 +36,9 @@ def _hmac(pepper: bytes, secret: str) -> str:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class _Keyring:
-    """Everything derived from one KeyMaterial; replaced as a whole, so no call sees a mix."""
+class Keyring:
+    """Everything derived from one KeyMaterial; replaced as a whole, so no call sees a mix
+    (API keys here, account fields in ``actors.accounts.sealing``)."""
 
     peppers: dict[int, bytes]
     fernets: dict[int, Fernet]
@@ -46,7 +47,7 @@ class _Keyring:
     envelope_version: int
 
     @classmethod
-    def of(cls, material: KeyMaterial) -> _Keyring:
+    def of(cls, material: KeyMaterial) -> Keyring:
         fernets = {v: Fernet(k) for v, k in material.envelope_keys.items()}
         return cls(
             peppers=dict(material.peppers),
@@ -60,7 +61,7 @@ class _Keyring:
 
 class KeyCrypto:
     def __init__(self, material: KeyMaterial, reload: Callable[[], KeyMaterial | None] | None = None):
-        self._ring = _Keyring.of(material)
+        self._ring = Keyring.of(material)
         self._reload = reload
         self._last_reload = float("-inf")
         # Verifying an unknown prefix still costs one HMAC, so timing does not tell
@@ -77,7 +78,7 @@ class KeyCrypto:
 
     def use(self, material: KeyMaterial) -> None:
         """From now on, seal, verify and open with ``material`` (a rotation added a version)."""
-        self._ring = _Keyring.of(material)
+        self._ring = Keyring.of(material)
 
     def knows_pepper(self, version: int) -> bool:
         return version in self._ring.peppers
