@@ -60,7 +60,13 @@ def test_a_second_user_reuses_the_running_one_and_does_not_stop_it(tmp_path):
 
 def log_files(local: LocalRedis) -> dict[str, int]:
     """The redis log files in its folder, with their sizes."""
-    return {path.name: path.stat().st_size for path in local.folder.glob("redis.log*")}
+    sizes = {}
+    for path in local.folder.glob("redis.log*"):
+        try:
+            sizes[path.name] = path.stat().st_size
+        except FileNotFoundError:  # rotated away between the listing and the stat
+            continue
+    return sizes
 
 
 def test_a_log_past_its_bound_is_rotated_at_start_keeping_one_old_copy(tmp_path):
@@ -80,6 +86,13 @@ def test_a_log_past_its_bound_is_rotated_at_start_keeping_one_old_copy(tmp_path)
         assert (folder / "redis.log.1").read_text() == "x" * 70_000
 
 
+def inode(path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:  # between a rotation and Redis's next line
+        return None
+
+
 def test_a_running_servers_log_never_grows_past_its_bound(tmp_path):
     bound, every_s = 16_000, 0.05
     with LocalRedis(tmp_path, log_max_bytes=bound, log_check_every_s=every_s) as local:
@@ -94,12 +107,16 @@ def test_a_running_servers_log_never_grows_past_its_bound(tmp_path):
             assert set(sizes) <= {"redis.log", "redis.log.1"}
             largest = max(largest, *sizes.values())
         assert (local.folder / "redis.log.1").exists()  # it did rotate
-        # Never past the bound by more than what Redis wrote between two checks.
-        assert largest < bound + 8_000
-        # Redis writes on into a fresh redis.log after each rotation.
+        # Never past the bound by more than what Redis wrote between two checks (a slow check
+        # under load lets a few bursts through; without rotation it would reach about 80 KB).
+        assert largest < 2 * bound
+        # Redis writes on into a fresh redis.log after a rotation (it opens the file per line; a
+        # rotation may just have taken the last line written, so write until a new file appears).
         rotated = (local.folder / "redis.log.1").stat().st_ino
-        for _ in range(5):
+        current = local.folder / "redis.log"
+        deadline = time.monotonic() + 10
+        while inode(current) in (None, rotated):
+            assert time.monotonic() < deadline, "Redis did not write on into a fresh redis.log"
             redis.Redis(unix_socket_path=str(local.socket_path)).ping()
-        time.sleep(0.2)
-        assert (local.folder / "redis.log").stat().st_ino != rotated
-        assert "Accepted" in (local.folder / "redis.log").read_text() + (local.folder / "redis.log.1").read_text()
+            time.sleep(0.05)
+        assert "Accepted" in current.read_text() + (local.folder / "redis.log.1").read_text()
