@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 
 from core import invalidation
 from tests.support.redis_servers import start_aof_redis, start_redis
+from tests.support.stripe_server import FakeStripe
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +49,11 @@ async def aof_client(aof_redis):
     await client.flushall()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def fake():
+    """A fresh Stripe-compatible server (tests/support/stripe_server.py) for one billing test."""
+    server = FakeStripe().start()
+    yield server
+    server.stop()

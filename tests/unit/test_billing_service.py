@@ -18,16 +18,9 @@ from actors.metering.record import current_month
 from config.settings import load_settings
 from tests.support.key_material import ACCOUNTS_MATERIAL, account_store
 from tests.support.listeners import listening
-from tests.support.stripe_server import METERED_PRICE, SECRET_KEY, FakeStripe, sign_webhook, webhook_event
+from tests.support.stripe_server import METERED_PRICE, SECRET_KEY, sign_webhook, webhook_event
 
 WEBHOOK_SECRET = "whsec_unit_neuroapi_0123456789"
-
-
-@pytest.fixture
-def fake():
-    server = FakeStripe().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -33,13 +33,6 @@ WEBHOOK_SECRET = "whsec_test_neuroapi_0123456789abcdef"
 
 
 @pytest.fixture
-def fake():
-    server = FakeStripe().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 async def billing(fake):
     client = StripeBilling(SECRET_KEY, fake.url)
     yield client
