@@ -42,6 +42,11 @@ class UpstreamCall:
     # Another candidate follows: a non-streamed attempt then gets only the provider's
     # first-byte bound, so the fallback still has time. The last one may use the whole deadline.
     more_candidates: bool = False
+    # The caller's own Anthropic Messages body (``POST /v1/messages``): an Anthropic backend sends
+    # it unchanged and answers in Anthropic's shape; every other backend gets ``body``. Set
+    # only on attempts that go to Anthropic, so it never crosses Ray twice.
+    native: dict[str, Any] | None = None
+    native_betas: tuple[str, ...] = ()  # the caller's ``anthropic-beta`` features that pass through
 
     def __repr__(self) -> str:  # the body is the prompt: never in a log line or a traceback
         return f"UpstreamCall(request_id={self.request_id!r}, model={self.model!r})"

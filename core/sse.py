@@ -21,6 +21,12 @@ def encode(data: str | bytes) -> bytes:
 DONE = encode("[DONE]")
 
 
+def encode_named(event: str, data: str | bytes) -> bytes:
+    """One event with its type on an ``event:`` line, as Anthropic's streams carry it."""
+    payload = data.encode() if isinstance(data, str) else data
+    return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"
+
+
 # The longest line an upstream may send (a JSON chunk of one token is well under 1 KiB; a
 # provider's whole answer in one event stays far below this). Longer: the answer is unreadable.
 MAX_LINE_BYTES = 1 << 20

@@ -72,6 +72,9 @@ class InHouseModel:
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
         return await self._server.complete(call)
 
+    async def count_tokens(self, call: UpstreamCall) -> int | UpstreamFailure:
+        return await self._server.count_tokens(call)
+
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
         async with aclosing(self._server.stream(call)) as items:  # Serve's cancel aborts the engine
             async for item in items:

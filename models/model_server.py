@@ -142,6 +142,16 @@ class ModelServer:
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
         return await self._adapter_failure(call) or await self._complete(call)
 
+    async def count_tokens(self, call: UpstreamCall) -> int | UpstreamFailure:
+        """The prompt's tokens as this model would read them (chat template and tools included)."""
+        refused = refused_by_scope(call, IN_HOUSE_PROVIDER, in_house=True)
+        if refused is not None:
+            return refused
+        try:
+            return len(self._prepare(call).ids)
+        except GatewayError as error:
+            return UpstreamFailure(error, retriable=False, upstream_ms=0.0)
+
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
         failure = await self._adapter_failure(call)
         if failure is not None:

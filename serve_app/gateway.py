@@ -39,6 +39,7 @@ from serve_app.callers.verifier_calls import RaisingHandle
 from serve_app.endpoints.chat.fallback import Backends
 from serve_app.endpoints.chat.finetune_resolver import FineTuneResolver
 from serve_app.endpoints.chat.service import ChatService
+from serve_app.endpoints.model_calls import ModelCalls
 
 logger = logging.getLogger("neuroapi.ingress")
 
@@ -84,13 +85,15 @@ class Gateway:
                                             cache_usable=lambda: self.listener.cache_usable)
         self._tasks: list[asyncio.Task] = []
         self.table = None
+        self.calls: ModelCalls | None = None
         self.chat: ChatService | None = None
 
     async def start(self) -> Gateway:
         self.table = await self.router.table.remote()
-        self.chat = ChatService(self.table, self._backends, self._resolve_finetune, self.record,
+        self.calls = ModelCalls(self.table, self._backends, self._resolve_finetune, self.record,
                                 self.settings.prices, self.settings.request_deadline_s,
                                 gate=self.billing_gate.check if self.billing_gate else None)
+        self.chat = ChatService(self.calls)
         self._records.start()
         self.listener.start()
         loop = asyncio.get_running_loop()

@@ -41,6 +41,12 @@ class RayBackends:
         except BackPressureError as error:
             return overloaded(error)
 
+    async def count_tokens(self, backend: Backend, call: UpstreamCall) -> int | UpstreamFailure:
+        try:
+            return await self._handles[backend.deployment].count_tokens.remote(call)
+        except BackPressureError as error:
+            return overloaded(error)
+
     async def stream(self, backend: Backend, call: UpstreamCall) -> AsyncIterator[StreamItem]:
         response = self._method(backend, call, stream=True).remote(call)
         try:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 from config.catalog import ProviderSpec
 from core.backend import UpstreamCall, Usage
 from core.errors import GatewayError, upstream_error
-from core.sse import SSEEvent
+from core.sse import SSEEvent, encode
 
 
 class StreamFailed(Exception):
@@ -41,6 +42,11 @@ class StreamTranslator(ABC):
     def is_keepalive(self, event: SSEEvent) -> bool:
         """An event that only says the connection is alive: it does not reset the idle bound."""
         return False
+
+    def closing(self, priced: Callable[[dict[str, Any]], bytes]) -> bytes:
+        """The stream's last events once it has finished: the usage chunk the caller asked for,
+        as JSON with ``usage.cost_units`` (``priced`` encodes a payload so)."""
+        return b"" if self.usage_chunk is None else encode(priced(self.usage_chunk))
 
 
 class MalformedAnswer(ValueError):
@@ -131,6 +137,17 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def translator(self, call: UpstreamCall) -> StreamTranslator:
         """A fresh translator for one streamed answer."""
+
+    def count_request(self, call: UpstreamCall) -> tuple[str, dict[str, str], dict[str, Any]] | None:
+        """(url, headers, json body) asking the provider to count a prompt's tokens; None: it cannot."""
+        return None
+
+    @staticmethod
+    def counted(raw: bytes) -> int:
+        """The input token count from the count request's 200 body (Anthropic's shape)."""
+        answer = json.loads(raw)
+        require(isinstance(answer, dict) and is_count(answer.get("input_tokens")), "input_tokens")
+        return answer["input_tokens"]
 
     def __repr__(self) -> str:  # the credential must never reach a log line
         return f"{type(self).__name__}(base_url={self.spec.base_url_str!r})"

@@ -65,7 +65,7 @@ def _thinking_tokens(usage: dict[str, Any], where: str) -> int | None:
     return _count(details, "thinking_tokens", f"{where}.output_tokens_details")
 
 
-class _Counts:
+class Counts:
     """Anthropic's token counts as they arrive (``message_delta`` counts are cumulative)."""
 
     def __init__(self) -> None:
@@ -113,7 +113,7 @@ def completion_from(message: Any) -> tuple[dict[str, Any], Usage]:
     require(isinstance(message, dict) and message.get("type") == "message", "a message object")
     require(isinstance(message.get("id"), str) and isinstance(message.get("model"), str), "id and model")
     require("usage" in message, "usage")
-    counts = _Counts()
+    counts = Counts()
     counts.update(message["usage"], "usage")
     require(isinstance(message.get("stop_reason"), (str, type(None))), "stop_reason")
     content = message.get("content")
@@ -151,7 +151,7 @@ def completion_from(message: Any) -> tuple[dict[str, Any], Usage]:
     return body, usage
 
 
-def _event_data(event: SSEEvent) -> dict[str, Any]:
+def event_data(event: SSEEvent) -> dict[str, Any]:
     if not event.data:
         return {}
     try:
@@ -180,7 +180,7 @@ class _Block:
 class AnthropicStreamTranslator(StreamTranslator):
     def __init__(self, client_wants_usage: bool):
         self._client_wants_usage = client_wants_usage
-        self._counts = _Counts()
+        self._counts = Counts()
         self._blocks: dict[int, _Block] = {}
         self._tool_calls = 0
         self._started = False
@@ -304,7 +304,7 @@ class AnthropicStreamTranslator(StreamTranslator):
         return []
 
     def feed(self, event: SSEEvent) -> list[bytes]:
-        data = _event_data(event)
+        data = event_data(event)
         kind = data.get("type") or event.event
         if kind == "message_start":
             return self._start(data)

@@ -9,7 +9,8 @@ name (``anthropic_request.refusal``) rather than forwarded to a 400. The key goe
 ``x-api-key``, which every version accepts.
 
 The request translation is ``anthropic_request``; the answer and stream translation is
-``anthropic_answer``."""
+``anthropic_answer``. A ``POST /v1/messages`` caller's own body (``UpstreamCall.native``) is sent as
+it came and answered as Anthropic answered (``anthropic_native``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from actors.providers.adapter import ProviderAdapter, StreamTranslator
 from actors.providers.anthropic_answer import AnthropicStreamTranslator, completion_from
+from actors.providers.anthropic_native import AnthropicPassthrough, native_message
 from actors.providers.anthropic_request import refusal, to_anthropic
 from core.backend import UpstreamCall, Usage
 
@@ -29,17 +31,29 @@ class AnthropicAdapter(ProviderAdapter):
     def unsupported(body: dict[str, Any]) -> str | None:
         return refusal(body)
 
+    def _headers(self) -> dict[str, str]:
+        return {"x-api-key": self._api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
+
     def request(self, call: UpstreamCall, stream: bool) -> tuple[str, dict[str, str], dict[str, Any]]:
-        headers = {
-            "x-api-key": self._api_key,
-            "anthropic-version": API_VERSION,
-            "content-type": "application/json",
-        }
-        body = to_anthropic(call, self.spec.default_max_tokens, stream)
-        return self.spec.base_url_str + "/v1/messages", headers, body
+        if call.native is None:
+            body = to_anthropic(call, self.spec.default_max_tokens, stream)
+        else:  # a /v1/messages caller's own body, as it came (a mode's candidate names its model)
+            body = dict(call.native, model=call.model)
+            if stream:
+                body["stream"] = True
+        return self.spec.base_url_str + "/v1/messages", self._headers(), body
+
+    def count_request(self, call: UpstreamCall) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Anthropic's own count of a ``/v1/messages/count_tokens`` body (``call.native``)."""
+        return (self.spec.base_url_str + "/v1/messages/count_tokens", self._headers(),
+                dict(call.native or {}, model=call.model))
 
     def completion(self, call: UpstreamCall, raw: bytes) -> tuple[dict[str, Any], Usage | None]:
+        if call.native is not None:
+            return native_message(raw)
         return completion_from(json.loads(raw))
 
     def translator(self, call: UpstreamCall) -> StreamTranslator:
+        if call.native is not None:
+            return AnthropicPassthrough()
         return AnthropicStreamTranslator(call.client_wants_usage)

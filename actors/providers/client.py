@@ -32,7 +32,7 @@ from config.catalog import Price, ProviderSpec
 from core.backend import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure, Usage
 from core.errors import GatewayError, upstream_error
 from core.money import cost_units_text, json_bytes, priced_json
-from core.sse import SSEDecoder, encode
+from core.sse import SSEDecoder
 
 MAX_ERROR_BODY = 64 * 1024
 # Serve's handle messages to and from a replica are capped at 4 MiB (ray.serve constant
@@ -155,8 +155,8 @@ class ProviderClient:
             return json_bytes(payload)
         return priced_json(payload, cost_units_text(usage.cost_micro_units))
 
-    async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
-        url, headers, body = self.adapter.request(call, stream=False)
+    async def post(self, call: UpstreamCall, url: str, headers: dict[str, str], body: dict) -> bytes | UpstreamFailure:
+        """One non-streamed request's 200 body, read within the attempt's bounds and the size bound."""
         started = time.perf_counter()
         clock = AttemptClock(self.adapter.spec, call)
         response: httpx.Response | None = None
@@ -183,6 +183,13 @@ class ProviderClient:
                 await asyncio.shield(response.aclose())
         if len(raw) > self._max_response:
             return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
+        return raw
+
+    async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
+        started = time.perf_counter()
+        raw = await self.post(call, *self.adapter.request(call, stream=False))
+        if isinstance(raw, UpstreamFailure):
+            return raw
         try:
             payload, usage = self.adapter.completion(call, raw)
             usage = self._priced(call.model, usage)
@@ -192,6 +199,21 @@ class ProviderClient:
         if len(answer) > self._max_response:  # translated or priced, it grew past the bound
             return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
         return Completion(answer, usage, _elapsed_ms(started))
+
+    async def count_tokens(self, call: UpstreamCall) -> int | UpstreamFailure:
+        """The provider's own count of a prompt's input tokens (``ProviderAdapter.count_request``)."""
+        request = self.adapter.count_request(call)
+        if request is None:
+            return UpstreamFailure(GatewayError(400, f"Model '{call.model}' has no token count here.",
+                                                code="unsupported_parameter"), False, 0.0)
+        started = time.perf_counter()
+        raw = await self.post(call, *request)
+        if isinstance(raw, UpstreamFailure):
+            return raw
+        try:
+            return self.adapter.counted(raw)
+        except _UNREADABLE:
+            return UpstreamFailure(unreadable(), retriable=True, upstream_ms=_elapsed_ms(started))
 
     async def stream(
         self, call: UpstreamCall
@@ -252,9 +274,8 @@ class ProviderClient:
                 raise StreamFailed(
                     upstream_error("The upstream provider ended the answer early."), retriable=True,
                 )
-            last, usage = b"", self._priced(call.model, translator.usage)
-            if translator.usage_chunk is not None:  # the caller asked for usage: last, priced
-                last = encode(self._encode(translator.usage_chunk, usage))
+            usage = self._priced(call.model, translator.usage)
+            last = translator.closing(lambda payload: self._encode(payload, usage))
             if not started_answer:  # a finished answer with no events before the end
                 started_answer = True
                 yield StreamStart(_elapsed_ms(started), last)

@@ -31,6 +31,9 @@ class ProviderProxy:
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
         return self._refused(call) or await self._client.complete(call)
 
+    async def count_tokens(self, call: UpstreamCall) -> int | UpstreamFailure:
+        return self._refused(call) or await self._client.count_tokens(call)
+
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
         refused = self._refused(call)
         if refused is not None:

@@ -10,7 +10,7 @@ a backend the scope forbids is never contacted."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -47,7 +47,7 @@ class Backend:
 def unsupported(backend: Backend, body: dict[str, Any]) -> str | None:
     """Why ``backend`` cannot honour the request as asked: a capability its model lacks, or a
     parameter its provider's API does not take. An unresolved fine-tune is checked once it is
-    resolved to its base model (``ChatService``)."""
+    resolved to its base model (``ModelCalls``)."""
     if backend.wire == FINETUNE_WIRE:
         return None
     name = backend.finetune.price_name if backend.finetune and backend.finetune.price_name else backend.model
@@ -57,6 +57,11 @@ def unsupported(backend: Backend, body: dict[str, Any]) -> str | None:
     if backend.wire == ENGINE_WIRE:
         return in_house_unsupported(body)
     return ADAPTERS[backend.wire].unsupported(body)
+
+
+def takes_native(backend: Backend) -> bool:
+    """Whether the backend takes a ``/v1/messages`` caller's own Anthropic body unchanged."""
+    return backend.wire == "anthropic"
 
 
 def finetune_backend(model: str) -> Backend:
@@ -164,16 +169,17 @@ def build_routing_table(settings: Settings, enabled_providers: Iterable[str]) ->
 
 
 def attempt_order(route: Route, body: dict[str, Any], rng: random.Random,
-                  scope: Scope = UNRESTRICTED) -> list[Backend]:
+                  scope: Scope = UNRESTRICTED, check: Callable[[Backend], str | None] | None = None) -> list[Backend]:
     """The backends to try, in order. Raises 403 if the scope allows none of them, 400 if none
-    that it allows can honour the request as asked."""
+    that it allows can honour the request as asked (``check``: why a backend cannot; by default
+    ``unsupported`` for ``body``)."""
     allowed = [c for c in route.candidates if _allowed(scope, c.backend)]
     if not allowed:
         raise scope_forbids(scope, route)
     able: list[WeightedBackend] = []
     reasons: list[str] = []
     for candidate in allowed:
-        reason = unsupported(candidate.backend, body)
+        reason = check(candidate.backend) if check is not None else unsupported(candidate.backend, body)
         if reason is None:
             able.append(candidate)
         elif reason not in reasons:

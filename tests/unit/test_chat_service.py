@@ -1,4 +1,4 @@
-"""``ChatService`` (serve_app.endpoints.chat.service) driven directly: no HTTP, no Ray. Backends
+"""``ChatService`` over ``ModelCalls`` (serve_app.endpoints) driven directly: no HTTP, no Ray. Backends
 are in process: provider clients on the fake upstreams, and an in-house model that records the
 calls it gets. Each answered call leaves exactly one record, priced once."""
 
@@ -19,6 +19,7 @@ from core.money import cost_units_text
 from core.scope import UNRESTRICTED
 from finetunes.registry import FineTune
 from serve_app.endpoints.chat.service import ChatService
+from serve_app.endpoints.model_calls import ModelCalls
 from tests.support.chat_backends import DirectBackends
 
 BASE = "smollm2-135m-instruct"
@@ -54,7 +55,7 @@ class Backends:
 def service(upstreams, finetunes, records) -> tuple[ChatService, Backends]:
     backends = Backends(upstreams)
     table = build_routing_table(SETTINGS, ["deepseek", "anthropic"])
-    return ChatService(table, backends, finetunes, records.append, PRICES, deadline_s=30.0), backends
+    return ChatService(ModelCalls(table, backends, finetunes, records.append, PRICES, deadline_s=30.0)), backends
 
 
 async def authenticated():

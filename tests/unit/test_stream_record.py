@@ -3,12 +3,12 @@ killed the instant the caller has ``[DONE]`` (before its generator resumes) lose
 
 from actors.metering.call_meter import CallMeter
 from serve_app.endpoints.chat.fallback import Outcome, open_chat_stream
-from serve_app.endpoints.chat.service import ChatService
+from serve_app.endpoints.model_calls import ModelCalls
 from tests.support.chat_backends import CALL, ORDER, DirectBackends
 
 
 def metered_stream_of(records: list):
-    return ChatService(None, None, None, records.append, prices={}, deadline_s=30.0).metered_stream
+    return ModelCalls(None, None, None, records.append, prices={}, deadline_s=30.0).metered_stream
 
 
 async def test_the_record_exists_before_the_caller_has_the_end_of_the_stream(upstreams):

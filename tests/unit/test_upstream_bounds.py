@@ -216,6 +216,7 @@ async def test_a_failure_of_the_gateway_itself_is_a_metered_500_in_our_shape(mon
 
     from actors.metering.call_meter import CallMeter
     from serve_app.endpoints.chat.service import ChatService
+    from serve_app.endpoints.model_calls import ModelCalls
 
     class Broken:
         async def complete(self, backend, call):
@@ -229,9 +230,9 @@ async def test_a_failure_of_the_gateway_itself_is_a_metered_500_in_our_shape(mon
 
     records = []
     table = SimpleNamespace(resolve=lambda model, mode: SimpleNamespace(mode=None))
-    service = ChatService(table, Broken(), None, records.append, prices={}, deadline_s=30.0)
-    monkeypatch.setattr("serve_app.endpoints.chat.service.attempt_order",
-                        lambda *_: [Backend("gpt-4o-mini", "openai", "openai")])
+    service = ChatService(ModelCalls(table, Broken(), None, records.append, prices={}, deadline_s=30.0))
+    monkeypatch.setattr("serve_app.endpoints.model_calls.attempt_order",
+                        lambda *_, **__: [Backend("gpt-4o-mini", "openai", "openai")])
     with pytest.raises(GatewayError) as error:
         await service.answer(CallMeter.start("req-500", "60"), authenticate, body)
     assert (error.value.status, error.value.code) == (500, "internal_error")

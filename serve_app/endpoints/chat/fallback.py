@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from actors.routing.table import Backend
+from actors.routing.table import Backend, takes_native
 from core.backend import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure, Usage
 from core.errors import GatewayError, upstream_error
 from core.sse import DONE, encode
@@ -56,6 +56,8 @@ class Backends(Protocol):
 
     def stream(self, backend: Backend, call: UpstreamCall) -> AsyncIterator[StreamItem]: ...
 
+    async def count_tokens(self, backend: Backend, call: UpstreamCall) -> int | UpstreamFailure: ...
+
 
 @dataclass
 class Outcome:
@@ -66,6 +68,23 @@ class Outcome:
     usage: Usage | None = None
     error: GatewayError | None = None
     finished: bool = False  # the stream's last piece (``[DONE]`` or an error event) is being sent
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a stream ends for its caller: the last event of a finished answer, and the event that
+    carries a failure after the first byte."""
+
+    done: bytes
+    error: Callable[[GatewayError], bytes]
+
+
+def error_event(error: GatewayError) -> bytes:
+    """How a failure after the first byte reaches the caller: OpenAI's SDKs raise on it."""
+    return encode(json.dumps(error.body()))
+
+
+OPENAI_FRAMING = Framing(DONE, error_event)
 
 
 def _no_candidate() -> GatewayError:
@@ -99,11 +118,12 @@ async def complete_chat(
 
 async def open_chat_stream(
     backends: Backends, order: Sequence[Backend], call: UpstreamCall, outcome: Outcome,
-    deadline: Deadline | None = None,
+    deadline: Deadline | None = None, native_framing: Framing | None = None,
 ) -> AsyncIterator[bytes]:
     """Returns once an upstream has sent its first byte, with the SSE body to send on.
 
-    Raises the last failure's GatewayError when no candidate got that far."""
+    Raises the last failure's GatewayError when no candidate got that far. A backend that answers
+    in Anthropic's own shape (``call.native``) ends with ``native_framing``; others in OpenAI's."""
     failure: UpstreamFailure | None = None
     for index, backend in enumerate(order):
         attempt = _attempt(call, backend, deadline, more=index + 1 < len(order))
@@ -118,7 +138,8 @@ async def open_chat_stream(
         outcome.backend = backend
         if isinstance(first, StreamStart):
             outcome.upstream_ms += first.upstream_ms
-            return _relay(first, events, outcome, deadline)
+            framing = native_framing if attempt.native is not None and native_framing else OPENAI_FRAMING
+            return _relay(first, events, outcome, deadline, framing)
         await events.aclose()
         if not isinstance(first, UpstreamFailure):
             first = UpstreamFailure(_no_candidate(), retriable=True, upstream_ms=0.0)
@@ -140,17 +161,15 @@ def _attempt(call: UpstreamCall, backend: Backend, deadline: Deadline | None, mo
     timeout_s = deadline.remaining() if deadline else None
     if timeout_s is not None and timeout_s <= 0:
         return None
-    return replace(call, model=backend.model, adapter=backend.finetune, timeout_s=timeout_s, more_candidates=more)
+    attempt = replace(call, model=backend.model, adapter=backend.finetune, timeout_s=timeout_s, more_candidates=more)
+    if call.native is not None:  # only an Anthropic backend gets the caller's own body, and only it
+        attempt = replace(attempt, body={}) if takes_native(backend) else replace(attempt, native=None, native_betas=())
+    return attempt
 
 
 def _unanswered(backend: Backend) -> UpstreamFailure:
     logger.warning("backend %s gave no answer by the deadline", backend.deployment)
     return UpstreamFailure(past_deadline(), retriable=True, upstream_ms=0.0)
-
-
-def error_event(error: GatewayError) -> bytes:
-    """How a failure after the first byte reaches the caller: OpenAI's SDKs raise on it."""
-    return encode(json.dumps(error.body()))
 
 
 def _last(outcome: Outcome, piece: bytes) -> bytes:
@@ -160,7 +179,7 @@ def _last(outcome: Outcome, piece: bytes) -> bytes:
 
 
 async def _relay(first: StreamStart, events: AsyncIterator[StreamItem], outcome: Outcome,
-                 deadline: Deadline | None = None) -> AsyncIterator[bytes]:
+                 deadline: Deadline | None = None, framing: Framing = OPENAI_FRAMING) -> AsyncIterator[bytes]:
     try:
         if first.first:
             yield first.first
@@ -170,7 +189,7 @@ async def _relay(first: StreamStart, events: AsyncIterator[StreamItem], outcome:
                     item = await anext(events, None)
             except TimeoutError:
                 outcome.error = past_deadline()
-                yield _last(outcome, error_event(outcome.error))
+                yield _last(outcome, framing.error(outcome.error))
                 return
             if item is None:
                 break
@@ -180,15 +199,15 @@ async def _relay(first: StreamStart, events: AsyncIterator[StreamItem], outcome:
                 outcome.usage = item.usage
                 if item.error is not None:
                     outcome.error = item.error
-                    yield _last(outcome, error_event(item.error))
+                    yield _last(outcome, framing.error(item.error))
                 else:
-                    yield _last(outcome, DONE)
+                    yield _last(outcome, framing.done)
                 return
         outcome.error = upstream_error("The upstream stream ended without finishing.")
-        yield _last(outcome, error_event(outcome.error))
+        yield _last(outcome, framing.error(outcome.error))
     except Exception as error:  # a proxy replica died mid-stream: say so, then close cleanly
         logger.warning("stream relay failed: %s", type(error).__name__)
         outcome.error = upstream_error("The gateway lost the upstream stream.")
-        yield _last(outcome, error_event(outcome.error))
+        yield _last(outcome, framing.error(outcome.error))
     finally:
         await events.aclose()
