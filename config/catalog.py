@@ -16,6 +16,10 @@ Capability = Literal["tools", "forced_tools", "parallel_tools", "json_object", "
 # forced tool call as structured output over the tool's parameters (no template support needed),
 # and logprobs. n > 1 only on vLLM: a model served there may add it with ``supports: [n]``.
 IN_HOUSE_CAPABILITIES = frozenset({cap.FORCED_TOOLS, cap.JSON_OBJECT, cap.JSON_SCHEMA, cap.LOGPROBS})
+# What a model is for: chat completions, or embeddings (POST /v1/embeddings). Each endpoint
+# serves only its own task's models.
+CHAT, EMBED = "chat", "embed"
+Task = Literal["chat", "embed"]
 
 
 class _Strict(BaseModel):
@@ -93,9 +97,14 @@ class InHouseModelSpec(_Strict):
     # model then decides itself whether to call one (tool_choice auto). None: forced calls only.
     tool_parser: str | None = None
     supports: list[Capability] = Field(default_factory=list)  # more capabilities than the defaults
+    # embed: the model's last hidden state, mean-pooled over the input's tokens and L2-normalised,
+    # served at POST /v1/embeddings (vLLM's pooling runner, or transformers); never a chat model.
+    task: Task = CHAT
 
     @property
     def capabilities(self) -> frozenset[str]:
+        if self.task == EMBED:  # chat capabilities mean nothing to an embedding model
+            return frozenset()
         auto_tools = {cap.TOOLS, cap.PARALLEL_TOOLS} if self.tool_parser else set()
         return IN_HOUSE_CAPABILITIES | auto_tools | set(self.supports)
 
@@ -106,6 +115,11 @@ class ModelCard(_Strict):
 
     context_length: int | None = Field(default=None, ge=1)
     supports: list[Capability] = Field(default_factory=list)
+    # An embedding model (task embed): its vectors' length, and whether it takes ``dimensions``
+    # (shortened, renormalised vectors, as OpenAI's text-embedding-3 models do).
+    task: Task = CHAT
+    dimensions: int | None = Field(default=None, ge=1)
+    shortens: bool = False
 
 
 class Candidate(_Strict):

@@ -99,6 +99,22 @@ class Completion:
         return f"Completion(usage={self.usage!r}, upstream_ms={self.upstream_ms:.2f})"
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class Embeddings:
+    """A backend's answer to an embeddings call (``POST /v1/embeddings``): one vector per input,
+    in input order, as float32 little-endian bytes (OpenAI's base64 payload, decoded). The ingress
+    writes the caller's JSON from them (floats or base64), so no backend formats a float."""
+
+    vectors: bytes  # count * dimensions float32 values, little-endian, row after row
+    count: int
+    dimensions: int
+    usage: Usage  # prompt_tokens = every input's tokens; priced where it was measured
+    upstream_ms: float
+
+    def __repr__(self) -> str:  # vectors are derived from the caller's text: never in a log line
+        return f"Embeddings(count={self.count}, dimensions={self.dimensions}, usage={self.usage!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamFailure:
     error: GatewayError

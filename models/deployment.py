@@ -16,14 +16,17 @@ from typing import Any
 
 from ray import serve
 
-from config.catalog import InHouseModelSpec, Price
+from config.catalog import EMBED, InHouseModelSpec, Price
 from core import logs
-from core.backend import Completion, LoraAdapter, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
+from core.backend import Completion, Embeddings, LoraAdapter, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure
+from core.errors import GatewayError
 from core.naming import model_deployment
-from models.engine import EngineStats
+from models.embedding_server import EmbeddingServer
+from models.engine import Engine, EngineStats
 from models.engine_choice import build_engine
 from models.model_server import ModelServer
 from models.model_source import offline_environment
+from models.pooling import Embedder, build_embedder
 
 logger = logging.getLogger("neuroapi.models")
 
@@ -51,17 +54,27 @@ def options_for(name: str, spec: InHouseModelSpec) -> dict[str, Any]:
 
 class InHouseModel:
     """One in-house model's replica: a ``ModelServer`` over its engine, with Serve's multiplexing
-    deciding which fine-tunes stay resident. ``serve_app.app`` wraps it with ``options_for``."""
+    deciding which fine-tunes stay resident, or for an embedding model (``task: embed``) an
+    ``EmbeddingServer`` over its embedder. ``serve_app.app`` wraps it with ``options_for``."""
 
     async def __init__(self, name: str, spec: InHouseModelSpec, model_path: str, prices: dict[str, Price]):
         logs.install(in_replica=True)
         offline_environment()
         from transformers import AutoTokenizer
 
+        self._embeddings: EmbeddingServer | None = None
+        if spec.task == EMBED:  # an embedding model: POST /v1/embeddings only (``embed``)
+            embedder = build_embedder(spec, Path(model_path))
+            await embedder.start()
+            tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+            self._embeddings = EmbeddingServer(name, spec, embedder, tokenizer, prices)
+            self._engine: Engine | Embedder = embedder
+            return
         engine = build_engine(spec, Path(model_path))
         await engine.start()
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         self._server = ModelServer(name, spec, engine, tokenizer, prices)
+        self._engine = engine
         # Serve keeps at most max_loras adapter ids per replica (LRU, as the engine does) and routes
         # an adapter's calls to replicas that already hold it; its LRU lives on a plain function.
         async def load(key: str) -> LoraAdapter:
@@ -80,14 +93,20 @@ class InHouseModel:
             async for item in items:
                 yield item
 
+    async def embed(self, call: UpstreamCall) -> Embeddings | UpstreamFailure:
+        if self._embeddings is None:  # routing sends only embedding models here
+            return UpstreamFailure(GatewayError(400, "This model is not an embedding model.", param="model",
+                                                code="model_not_embedding"), retriable=False, upstream_ms=0.0)
+        return await self._embeddings.embed(call)
+
     async def engine_name(self) -> str:
-        return self._server.engine.name
+        return self._engine.name
 
     async def stats(self) -> EngineStats:
-        return self._server.engine.stats()
+        return self._engine.stats()
 
     async def check_health(self) -> None:
-        await self._server.engine.check_health()
+        await self._engine.check_health()
 
     async def __del__(self) -> None:
-        await self._server.engine.shutdown()
+        await self._engine.shutdown()

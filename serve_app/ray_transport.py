@@ -9,7 +9,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from actors.routing.table import Backend
-from core.backend import Completion, UpstreamCall, UpstreamFailure
+from core.backend import Completion, Embeddings, UpstreamCall, UpstreamFailure
 from core.errors import GatewayError
 from serve_app.endpoints.chat.fallback import StreamItem
 
@@ -44,6 +44,14 @@ class RayBackends:
     async def count_tokens(self, backend: Backend, call: UpstreamCall) -> int | UpstreamFailure:
         try:
             return await self._handles[backend.deployment].count_tokens.remote(call)
+        except BackPressureError as error:
+            return overloaded(error)
+
+    async def embed(self, backend: Backend, call: UpstreamCall) -> Embeddings | UpstreamFailure:
+        """``serve_app.endpoints.embeddings.service.EmbeddingBackends``: a provider proxy's or an
+        in-house embedding model's ``embed``."""
+        try:
+            return await self._handles[backend.deployment].embed.remote(call)
         except BackPressureError as error:
             return overloaded(error)
 

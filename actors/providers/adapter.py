@@ -149,5 +149,15 @@ class ProviderAdapter(ABC):
         require(isinstance(answer, dict) and is_count(answer.get("input_tokens")), "input_tokens")
         return answer["input_tokens"]
 
+    def embedding_request(self, call: UpstreamCall) -> tuple[str, dict[str, str], dict[str, Any]] | None:
+        """(url, headers, json body) for an embeddings call (``call.body``: the validated request,
+        ``input`` always a list); None: this provider has no embeddings API."""
+        return None
+
+    def embedded(self, call: UpstreamCall, raw: bytes) -> tuple[bytes, int, Usage]:
+        """(float32 little-endian vectors in input order, their dimensions, usage) from the
+        embeddings call's 200 body; raises MalformedAnswer for anything else."""
+        raise MalformedAnswer("an embeddings answer from a provider without embeddings")
+
     def __repr__(self) -> str:  # the credential must never reach a log line
         return f"{type(self).__name__}(base_url={self.spec.base_url_str!r})"

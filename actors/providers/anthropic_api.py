@@ -24,6 +24,31 @@ from actors.providers.anthropic_request import refusal, to_anthropic
 from core.backend import UpstreamCall, Usage
 
 API_VERSION = "2026-10-21"
+# ``anthropic-beta`` features a /v1/messages caller may turn on for a Claude model: those that
+# change only how the model answers this one request. Every other beta is left out (and named
+# in the answer's ``X-NeuroAPI-Betas-Dropped`` header): some keep data at Anthropic (files,
+# memory, threads, containers, MCP), some are billed at other prices than the catalog's (1M
+# context, fast mode, fallback credit), and coding assistants send betas of their own that a
+# gateway cannot honour, which must not fail their calls.
+PASSED_BETAS = frozenset({
+    "interleaved-thinking-2025-05-14",
+    "fine-grained-tool-streaming-2025-05-14",
+    "token-efficient-tools-2025-02-19",
+    "output-128k-2025-02-19",
+    "structured-outputs-2025-11-13",
+    "prompt-caching-2024-07-31",
+    "token-counting-2024-11-01",
+    "model-context-window-exceeded-2025-08-26",
+    "context-management-2025-06-27",
+    "effort-2025-11-24",
+    "thinking-token-count-2026-05-13",
+})
+
+
+def split_betas(header: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(passed, dropped) features of an ``anthropic-beta`` header (comma-separated)."""
+    named = [beta.strip() for beta in header.split(",") if beta.strip()]
+    return (tuple(b for b in named if b in PASSED_BETAS), tuple(b for b in named if b not in PASSED_BETAS))
 
 
 class AnthropicAdapter(ProviderAdapter):
@@ -31,8 +56,11 @@ class AnthropicAdapter(ProviderAdapter):
     def unsupported(body: dict[str, Any]) -> str | None:
         return refusal(body)
 
-    def _headers(self) -> dict[str, str]:
-        return {"x-api-key": self._api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
+    def _headers(self, call: UpstreamCall) -> dict[str, str]:
+        headers = {"x-api-key": self._api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
+        if call.native_betas:
+            headers["anthropic-beta"] = ",".join(call.native_betas)
+        return headers
 
     def request(self, call: UpstreamCall, stream: bool) -> tuple[str, dict[str, str], dict[str, Any]]:
         if call.native is None:
@@ -41,11 +69,11 @@ class AnthropicAdapter(ProviderAdapter):
             body = dict(call.native, model=call.model)
             if stream:
                 body["stream"] = True
-        return self.spec.base_url_str + "/v1/messages", self._headers(), body
+        return self.spec.base_url_str + "/v1/messages", self._headers(call), body
 
     def count_request(self, call: UpstreamCall) -> tuple[str, dict[str, str], dict[str, Any]]:
         """Anthropic's own count of a ``/v1/messages/count_tokens`` body (``call.native``)."""
-        return (self.spec.base_url_str + "/v1/messages/count_tokens", self._headers(),
+        return (self.spec.base_url_str + "/v1/messages/count_tokens", self._headers(call),
                 dict(call.native or {}, model=call.model))
 
     def completion(self, call: UpstreamCall, raw: bytes) -> tuple[dict[str, Any], Usage | None]:

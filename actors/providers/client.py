@@ -29,7 +29,7 @@ from actors.providers.adapter import (
     unreadable,
 )
 from config.catalog import Price, ProviderSpec
-from core.backend import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure, Usage
+from core.backend import Completion, Embeddings, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure, Usage
 from core.errors import GatewayError, upstream_error
 from core.money import cost_units_text, json_bytes, priced_json
 from core.sse import SSEDecoder
@@ -38,6 +38,8 @@ MAX_ERROR_BODY = 64 * 1024
 # Serve's handle messages to and from a replica are capped at 4 MiB (ray.serve constant
 # RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH); an answer must fit in one with room to spare.
 DEFAULT_MAX_RESPONSE_BYTES = 3 << 20
+# An embeddings answer: 2048 inputs of 3072 float32 values in base64 (OpenAI's largest) and its JSON.
+MAX_EMBEDDINGS_ANSWER = 40 << 20
 # Anything the answer's shape checks can raise; each means "unreadable", never a 500.
 _UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
@@ -155,8 +157,11 @@ class ProviderClient:
             return json_bytes(payload)
         return priced_json(payload, cost_units_text(usage.cost_micro_units))
 
-    async def post(self, call: UpstreamCall, url: str, headers: dict[str, str], body: dict) -> bytes | UpstreamFailure:
-        """One non-streamed request's 200 body, read within the attempt's bounds and the size bound."""
+    async def post(self, call: UpstreamCall, url: str, headers: dict[str, str], body: dict,
+                   limit: int | None = None) -> bytes | UpstreamFailure:
+        """One non-streamed request's 200 body, read within the attempt's bounds and the size bound
+        (``limit``, else ``max_response_bytes``)."""
+        limit = limit or self._max_response
         started = time.perf_counter()
         clock = AttemptClock(self.adapter.spec, call)
         response: httpx.Response | None = None
@@ -170,10 +175,10 @@ class ProviderClient:
                     error_body = await _read_at_most(response, MAX_ERROR_BODY)
                 return _status_failure(response.status_code, error_body[:MAX_ERROR_BODY], started)
             declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self._max_response:
-                return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
+            if declared.isdigit() and int(declared) > limit:
+                return UpstreamFailure(_too_large(limit), True, _elapsed_ms(started))
             async with asyncio.timeout_at(clock.until()):
-                raw = await _read_at_most(response, self._max_response)
+                raw = await _read_at_most(response, limit)
         except TimeoutError:
             return UpstreamFailure(timed_out(clock.reason), retriable=True, upstream_ms=_elapsed_ms(started))
         except httpx.HTTPError as error:
@@ -181,8 +186,8 @@ class ProviderClient:
         finally:
             if response is not None:
                 await asyncio.shield(response.aclose())
-        if len(raw) > self._max_response:
-            return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
+        if len(raw) > limit:
+            return UpstreamFailure(_too_large(limit), True, _elapsed_ms(started))
         return raw
 
     async def complete(self, call: UpstreamCall) -> Completion | UpstreamFailure:
@@ -199,6 +204,26 @@ class ProviderClient:
         if len(answer) > self._max_response:  # translated or priced, it grew past the bound
             return UpstreamFailure(_too_large(self._max_response), True, _elapsed_ms(started))
         return Completion(answer, usage, _elapsed_ms(started))
+
+    async def embed(self, call: UpstreamCall) -> Embeddings | UpstreamFailure:
+        """An embeddings call (``ProviderAdapter.embedding_request``), priced on its input tokens.
+
+        Its answer's bound is its own: base64 vectors for up to 2048 inputs of 3072 dimensions are
+        about 34 MB, far past a chat answer's; the vectors then cross Ray as 4 bytes a value."""
+        request = self.adapter.embedding_request(call)
+        if request is None:
+            return UpstreamFailure(GatewayError(400, f"'{call.model}' has no embeddings API here.",
+                                                code="model_not_embedding", param="model"), False, 0.0)
+        started = time.perf_counter()
+        raw = await self.post(call, *request, limit=max(self._max_response, MAX_EMBEDDINGS_ANSWER))
+        if isinstance(raw, UpstreamFailure):
+            return raw
+        try:
+            vectors, dimensions, usage = self.adapter.embedded(call, raw)
+        except _UNREADABLE:
+            return UpstreamFailure(unreadable(), retriable=True, upstream_ms=_elapsed_ms(started))
+        return Embeddings(vectors, len(call.body["input"]), dimensions, self._priced(call.model, usage),
+                          _elapsed_ms(started))
 
     async def count_tokens(self, call: UpstreamCall) -> int | UpstreamFailure:
         """The provider's own count of a prompt's input tokens (``ProviderAdapter.count_request``)."""

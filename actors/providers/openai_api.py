@@ -15,8 +15,11 @@ read, and a mode's next candidate can serve instead."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
+
+import numpy
 
 from actors.providers.adapter import (
     MalformedAnswer,
@@ -219,3 +222,36 @@ class OpenAIAdapter(ProviderAdapter):
 
     def translator(self, call: UpstreamCall) -> StreamTranslator:
         return OpenAIStreamTranslator(call.client_wants_usage, self.read_usage)
+
+    # -- embeddings (POST {base_url}/embeddings) ------------------------------------------
+    def embedding_request(self, call: UpstreamCall) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Always base64: float32 little-endian, a quarter of the float text's size and exact; the
+        ingress writes floats from it when the caller asked for floats."""
+        headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
+        body = {"model": call.model, "input": call.body["input"], "encoding_format": "base64"}
+        body |= {name: call.body[name] for name in ("dimensions", "user") if name in call.body}
+        return self.spec.base_url_str + "/embeddings", headers, body
+
+    def embedded(self, call: UpstreamCall, raw: bytes) -> tuple[bytes, int, Usage]:
+        """OpenAI's ``{"object": "list", "data": [{"object": "embedding", "index", "embedding"}],
+        "usage": {"prompt_tokens", "total_tokens"}}``: one finite vector per input, all one length."""
+        payload = json.loads(raw)
+        require(isinstance(payload, dict) and payload.get("object") == "list", "a list object")
+        count = len(call.body["input"])
+        data = payload.get("data")
+        require(isinstance(data, list) and len(data) == count, "data (one embedding per input)")
+        rows: list[bytes | None] = [None] * count
+        for item in data:
+            require(isinstance(item, dict) and item.get("object") == "embedding", "data[]")
+            index = item.get("index")
+            require(is_count(index) and index < count and rows[index] is None, "data[].index")
+            encoded = item.get("embedding")
+            require(isinstance(encoded, str), "data[].embedding (base64)")
+            rows[index] = base64.b64decode(encoded, validate=True)  # binascii.Error is a ValueError
+        dimensions = len(rows[0]) // 4
+        require(dimensions > 0 and all(len(row) == 4 * dimensions for row in rows), "data[].embedding length")
+        vectors = b"".join(rows)
+        require(bool(numpy.isfinite(numpy.frombuffer(vectors, "<f4")).all()), "data[].embedding values")
+        usage = payload.get("usage")
+        require(isinstance(usage, dict) and is_count(usage.get("prompt_tokens")), "usage.prompt_tokens")
+        return vectors, dimensions, Usage(usage["prompt_tokens"], 0)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from actors.providers import ADAPTERS
 from actors.providers.client import DEFAULT_MAX_RESPONSE_BYTES, ProviderClient
 from config.catalog import Price, ProviderSpec
-from core.backend import Completion, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure, refused_by_scope
+from core.backend import Completion, Embeddings, StreamEnd, StreamStart, UpstreamCall, UpstreamFailure, refused_by_scope
 
 
 class ProviderProxy:
@@ -33,6 +33,9 @@ class ProviderProxy:
 
     async def count_tokens(self, call: UpstreamCall) -> int | UpstreamFailure:
         return self._refused(call) or await self._client.count_tokens(call)
+
+    async def embed(self, call: UpstreamCall) -> Embeddings | UpstreamFailure:
+        return self._refused(call) or await self._client.embed(call)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamStart | UpstreamFailure | bytes | StreamEnd]:
         refused = self._refused(call)

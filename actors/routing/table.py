@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from actors.providers import ADAPTERS
+from config.catalog import CHAT, EMBED
 from config.settings import Settings
 from core import capabilities
 from core.backend import LoraAdapter
@@ -37,6 +38,7 @@ class Backend:
     in_house: bool = False
     finetune: LoraAdapter | None = None  # set once a fine-tune resolved to its base model's backend
     capabilities: frozenset[str] = frozenset()  # beyond plain text (``core.capabilities``); a fine-tune has its base's
+    task: str = CHAT  # config.catalog's: "chat" (chat endpoints) or "embed" (POST /v1/embeddings only)
 
     @property
     def deployment(self) -> str:
@@ -147,12 +149,13 @@ def build_routing_table(settings: Settings, enabled_providers: Iterable[str]) ->
     enabled = set(enabled_providers)
     models = {
         model: Backend(model, name, provider.adapter, provider.in_house,
-                       capabilities=frozenset(settings.card(model).supports))
+                       capabilities=frozenset(settings.card(model).supports), task=settings.card(model).task)
         for name, provider in settings.providers.items()
         if name in enabled
         for model in provider.models
     }
-    models |= {model: Backend(model, IN_HOUSE_PROVIDER, ENGINE_WIRE, in_house=True, capabilities=spec.capabilities)
+    models |= {model: Backend(model, IN_HOUSE_PROVIDER, ENGINE_WIRE, in_house=True, capabilities=spec.capabilities,
+                              task=spec.task)
                for model, spec in settings.served_in_house().items()}
     modes = {}
     for name, mode in settings.modes.items():
@@ -176,9 +179,14 @@ def attempt_order(route: Route, body: dict[str, Any], rng: random.Random,
     allowed = [c for c in route.candidates if _allowed(scope, c.backend)]
     if not allowed:
         raise scope_forbids(scope, route)
+    chat = [c for c in allowed if c.backend.task == CHAT]  # a mode may list an embedding model by mistake
+    if not chat:
+        model = route.mode or allowed[0].backend.model
+        raise GatewayError(400, f"'{model}' is an embedding model: it answers POST /v1/embeddings, not chat "
+                                "requests. GET /v1/models lists the chat models.", code="model_not_chat", param="model")
     able: list[WeightedBackend] = []
     reasons: list[str] = []
-    for candidate in allowed:
+    for candidate in chat:
         reason = check(candidate.backend) if check is not None else unsupported(candidate.backend, body)
         if reason is None:
             able.append(candidate)
@@ -194,3 +202,19 @@ def attempt_order(route: Route, body: dict[str, Any], rng: random.Random,
         reverse=True,
     )
     return [c.backend for c in weighted] + [c.backend for c in able if c.weight == 0]
+
+
+def embedding_backend(table: RoutingTable, model: str, scope: Scope = UNRESTRICTED) -> Backend:
+    """The backend that embeds for ``model``. Only a model named outright: a mode's fallback would
+    answer with another model's vectors, which cannot be compared with the first's. Raises 404 for
+    an unknown or unavailable name, 403 when the scope forbids it (as chat does), 400 for a chat
+    model or a mode."""
+    route = table.resolve(model)
+    allowed = [c.backend for c in route.candidates if _allowed(scope, c.backend)]
+    if not allowed:
+        raise scope_forbids(scope, route)
+    if route.mode is not None or allowed[0].task != EMBED:
+        kind = "a mode" if route.mode is not None else "a chat model"
+        raise GatewayError(400, f"'{model}' is {kind}, not an embedding model. GET /v1/models lists the "
+                                "embedding models (\"embeddings\": true).", code="model_not_embedding", param="model")
+    return allowed[0]

@@ -167,3 +167,71 @@ def _check_anthropic_block(block: dict[str, Any], i: int, issued: set[str]) -> N
             or (source.get("type") == "url" and isinstance(source.get("url"), str))
         if not valid:
             raise Rejected(f"messages.{i}.content: an image source is base64 (media_type, data) or url")
+
+
+# -- OpenAI's embeddings API -------------------------------------------------------------------
+EMBEDDING_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+SHORTENING_MODELS = {"text-embedding-3-small", "text-embedding-3-large"}
+EMBEDDING_CONTEXT = 8192
+EMBEDDING_REQUEST_TOKENS = 300_000
+_EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
+_INVALID_INPUT = "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
+
+
+def _token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def embedding_inputs(body: dict[str, Any]) -> list[str | list[int]]:
+    """The inputs of an embeddings request as a list (one string or token array: a list of one);
+    refuses what OpenAI refuses: an empty string or array, a mix, more than 2048 inputs."""
+    value = body.get("input")
+    if isinstance(value, str) or (isinstance(value, list) and value and all(map(_token, value))):
+        value = [value]
+    if not isinstance(value, list) or not value or len(value) > 2048:
+        raise Rejected(_INVALID_INPUT)
+    strings = all(isinstance(item, str) and item for item in value)
+    arrays = all(isinstance(item, list) and item and all(map(_token, item)) for item in value)
+    if not (strings or arrays):
+        raise Rejected(_INVALID_INPUT)
+    return value
+
+
+def embedding_tokens(item: str | list[int]) -> int:
+    """The fake's count: one token per word of a string (as its chat answers count), or the array's length."""
+    return (len(item.split()) or 1) if isinstance(item, str) else len(item)
+
+
+def check_openai_embeddings(body: dict[str, Any]) -> list[str | list[int]]:
+    """What POST /v1/embeddings refuses; the inputs as a list when it accepts."""
+    for name in body:
+        if name not in _EMBEDDING_FIELDS:
+            raise Rejected(f"Unrecognized request argument supplied: {name}")
+    model = body.get("model")
+    if model not in EMBEDDING_DIMENSIONS:
+        raise Rejected(f"The model `{model}` does not exist or you do not have access to it.", status=404)
+    inputs = embedding_inputs(body)
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        raise Rejected(f"Invalid value for 'encoding_format': '{body['encoding_format']}'.", "encoding_format")
+    if "dimensions" in body:
+        if model not in SHORTENING_MODELS:
+            raise Rejected("This model does not support specifying dimensions.")
+        dimensions = body["dimensions"]
+        if not _token(dimensions) or not 1 <= dimensions <= EMBEDDING_DIMENSIONS[model]:
+            raise Rejected(f"Invalid value for 'dimensions': must be from 1 to {EMBEDDING_DIMENSIONS[model]}.",
+                           "dimensions")
+    counts = [embedding_tokens(item) for item in inputs]
+    if max(counts) > EMBEDDING_CONTEXT:
+        raise Rejected(f"This model's maximum context length is {EMBEDDING_CONTEXT} tokens, however you requested "
+                       f"{max(counts)} tokens ({max(counts)} in your prompt; 0 for the completion). Please reduce "
+                       "your prompt; or completion length.")
+    if sum(counts) > EMBEDDING_REQUEST_TOKENS:
+        raise Rejected(f"Requested {sum(counts)} tokens, max {EMBEDDING_REQUEST_TOKENS} tokens per request")
+    return inputs
+
+
+def check_openai_chat_model(model: Any) -> None:
+    """An embedding model is not a chat model: OpenAI answers 404."""
+    if model in EMBEDDING_DIMENSIONS:
+        raise Rejected("This is not a chat model and thus not supported in the v1/chat/completions endpoint. "
+                       "Did you mean to use v1/completions?", "model", status=404)

@@ -31,11 +31,17 @@ Reasoning: DeepSeek answers ``reasoning_content`` in thinking mode (``deepseek-r
 ``thinking: enabled``) and, like the real API, then requires it back on assistant turns that
 called tools; Anthropic answers a thinking block when thinking is on, signed "sig-<hash>",
 and accepts a thinking block back only with a signature it issued (``issued_signatures``).
-OpenAI keeps its reasoning hidden and only counts it."""
+OpenAI keeps its reasoning hidden and only counts it.
+
+Embeddings (OpenAI's ``/openai/v1/embeddings``): ``fake_embedding``'s deterministic unit vectors,
+one token per input word (or per token id), refusing what the real API refuses
+(``upstream_checks.check_openai_embeddings``)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import math
 import re
@@ -48,6 +54,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -55,12 +62,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.support.upstream_checks import (
+    EMBEDDING_DIMENSIONS,
     Rejected,
     check_anthropic,
     check_deepseek,
+    check_openai_chat_model,
+    check_openai_embeddings,
     check_openai_fields,
     check_openai_tool_turns,
     deepseek_thinking,
+    embedding_tokens,
     signature_for,
     thinking_on,
 )
@@ -388,9 +399,11 @@ class FakeUpstreams:
         self.port = sock.getsockname()[1]
         app = Starlette(routes=[
             Route("/openai/v1/chat/completions", self._openai, methods=["POST"]),
+            Route("/openai/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/deepseek/chat/completions", self._deepseek, methods=["POST"]),
             Route("/any/{name}/v1/chat/completions", self._any, methods=["POST"]),
             Route("/anthropic/v1/messages", self._anthropic, methods=["POST"]),
+            Route("/anthropic/v1/messages/count_tokens", self._anthropic_count, methods=["POST"]),
         ])
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self._thread = threading.Thread(
@@ -429,6 +442,7 @@ class FakeUpstreams:
         body = recorded.body
         try:
             if provider == "openai":
+                check_openai_chat_model(body.get("model"))
                 check_openai_fields(body)
             if provider == "deepseek":
                 check_deepseek(body)
@@ -520,7 +534,51 @@ class FakeUpstreams:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    async def _embeddings(self, request: Request) -> Response:
+        """OpenAI's POST /v1/embeddings: a deterministic unit vector per (model, input), shortened and
+        renormalised with ``dimensions``; floats (the float32 values) or base64 float32 little-endian."""
+        recorded, behaviour = await self._record("openai", request)
+        if request.headers.get("authorization") != f"Bearer {CREDENTIALS['openai']}":
+            return _openai_error(401, "Incorrect API key provided: sk-te***. ", "invalid_api_key")
+        body = recorded.body
+        try:
+            inputs = check_openai_embeddings(body)
+        except Rejected as rejected:
+            return _openai_error(rejected.status, rejected.message, None, rejected.param)
+        if behaviour.status != 200:
+            return _openai_error(behaviour.status, f"fake failure {behaviour.status}", "fake_error")
+        if behaviour.unparseable:
+            return JSONResponse([fake_embedding(body["model"], item, None).tolist() for item in inputs])
+        if _hostile(behaviour):
+            return _hostile_answer(body, behaviour)
+        base64_wanted = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(inputs):
+            vector = fake_embedding(body["model"], item, body.get("dimensions"))
+            encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode() if base64_wanted else vector.tolist()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(embedding_tokens(item) for item in inputs)
+        return JSONResponse({"object": "list", "data": data, "model": body["model"],
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
     # -- Anthropic -------------------------------------------------------------------------
+    async def _anthropic_count(self, request: Request) -> Response:
+        """Anthropic's token counting: a message request without max_tokens or stream."""
+        recorded, _ = await self._record("anthropic", request)
+        presented = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        if presented != CREDENTIALS["anthropic"]:
+            return _anthropic_error(401, "authentication_error", "invalid x-api-key")
+        extra = sorted(set(recorded.body) & {"max_tokens", "stream", "temperature", "top_p", "top_k",
+                                             "stop_sequences", "metadata"})
+        if extra:
+            return _anthropic_error(400, "invalid_request_error", f"{extra[0]}: Extra inputs are not permitted")
+        try:
+            check_anthropic({**recorded.body, "max_tokens": 1 << 30}, self.issued_signatures)
+        except Rejected as rejected:
+            return _anthropic_error(400, "invalid_request_error", rejected.message)
+        tools = sum(len(json.dumps(tool).split()) for tool in recorded.body.get("tools") or ())
+        return JSONResponse({"input_tokens": _prompt_tokens(recorded.body) + tools})
+
     async def _anthropic(self, request: Request) -> Response:
         recorded, behaviour = await self._record("anthropic", request)
         # The API takes the key as x-api-key (what NeuroAPI sends) or as a Bearer token
@@ -632,6 +690,15 @@ class FakeUpstreams:
                 recorded.closed_at = time.monotonic()
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def fake_embedding(model: str, item: str | list[int], dimensions: int | None) -> numpy.ndarray:
+    """The fake's vector for one input: float32, unit length, the same every time (and the shortened
+    one is the full one's head, renormalised, as with OpenAI's text-embedding-3 models)."""
+    seed = int.from_bytes(hashlib.sha256(json.dumps([model, item]).encode()).digest()[:8], "little")
+    vector = numpy.random.default_rng(seed).standard_normal(EMBEDDING_DIMENSIONS[model]).astype(numpy.float32)
+    vector = vector[:dimensions] if dimensions else vector
+    return (vector / numpy.linalg.norm(vector)).astype(numpy.float32)
 
 
 def _openai_usage(provider: str, uncached: int, answer: Answer, behaviour: Behaviour,

@@ -44,7 +44,8 @@ def test_one_yaml_entry_adds_an_unpriced_in_house_model_to_routing(tmp_path):
                               capabilities=frozenset({"forced_tools", "json_object", "json_schema", "logprobs"}))
     assert backend.deployment == "Model-my-model"
     table = build_routing_table(settings, ALL_PROVIDERS)
-    assert table.listing(Scope(in_house_only=True)) == ["private", "my-model", "smollm2-135m-instruct"]
+    assert table.listing(Scope(in_house_only=True)) == ["private", "my-model", "smollm2-135m-embed",
+                                                        "smollm2-135m-instruct"]
 
 
 def test_an_in_house_model_cannot_take_a_provider_models_name(tmp_path):

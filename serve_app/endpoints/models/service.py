@@ -1,5 +1,6 @@
 """What ``GET /v1/models`` lists: the modes and models a caller's scope may use, each with what it
-can do beyond plain text (``core.capabilities``) and, for a model, its context window."""
+can do beyond plain text (``core.capabilities``) and, for a model, its context window; an embedding
+model says ``"embeddings": true`` (and its vectors' length when the catalog knows it)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from actors.routing.table import RoutingTable
+from config.catalog import EMBED
 from config.settings import Settings
 from core.scope import Scope
 
@@ -24,6 +26,10 @@ def model_entry(table: RoutingTable, settings: Settings, engines: Mapping[str, s
     entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": backend.provider,
                              "capabilities": sorted(backend.capabilities),
                              "context_length": settings.card(name).context_length}
+    if backend.task == EMBED:  # POST /v1/embeddings only; a provider's card knows its vectors' length
+        entry["embeddings"] = True
+        if settings.card(name).dimensions is not None:
+            entry["dimensions"] = settings.card(name).dimensions
     if backend.in_house:
         entry["in_house"] = True
         if name in engines:
