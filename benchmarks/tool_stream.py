@@ -10,13 +10,15 @@ round so drift hits them alike:
 
 1. OpenAI direct;  2. NeuroAPI (``neuroapi serve``) → that OpenAI, model gpt-4o-mini;
 3. Anthropic direct;  4. NeuroAPI → that Anthropic, model claude-haiku-4-5 (the gateway turns
-   content_block_start / input_json_delta events into OpenAI tool-call deltas).
+   content_block_start / input_json_delta events into OpenAI tool-call deltas);
+5. NeuroAPI's ``/v1/messages`` → that Anthropic (the caller's body and Anthropic's events pass
+   unchanged);  6. NeuroAPI's ``/v1/messages`` → that OpenAI (translated both ways).
 
 Measured from sending the request: the first tool-call delta (an OpenAI chunk whose
 ``choices[0].delta.tool_calls`` is non-empty; for Anthropic direct, the first
 ``input_json_delta`` event) and the last byte. Each stream's arguments must reassemble to
-exactly what the upstream sent. Prints p50/p90 per target and NeuroAPI's added ms (NeuroAPI's
-percentile minus direct's) and ratio per provider. With two or more CPUs the gateway runs on
+exactly what the upstream sent. Prints p50/p99 per target and NeuroAPI's added ms (NeuroAPI's
+percentile minus direct's) and ratio against the direct call in the same wire format. With two or more CPUs the gateway runs on
 all but the last, the upstream and this client on the last."""
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class ToolUpstream(System):
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
-    return statistics.median(values), statistics.quantiles(values, n=10, method="inclusive")[8]
+    return statistics.median(values), statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
 def main() -> None:
@@ -138,6 +140,7 @@ def main() -> None:
         if harness_cpus:
             os.sched_setaffinity(0, harness_cpus)
         anthropic_headers = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": API_VERSION}
+        messages_url = gateway.url.replace("/v1/chat/completions", "/v1/messages")
         targets = [
             Target("OpenAI direct", f"{upstream.base_url}/chat/completions",
                    {"Authorization": f"Bearer {OPENAI_KEY}"}, OPENAI_REQUEST, openai_arguments),
@@ -147,6 +150,10 @@ def main() -> None:
                    anthropic_arguments),
             Target(f"NeuroAPI → Anthropic ({ANTHROPIC_MODEL})", gateway.url, gateway.headers,
                    {**OPENAI_REQUEST, "model": ANTHROPIC_MODEL}, openai_arguments),
+            Target(f"NeuroAPI /v1/messages → Anthropic ({ANTHROPIC_MODEL})", messages_url, gateway.headers,
+                   ANTHROPIC_REQUEST, anthropic_arguments),
+            Target(f"NeuroAPI /v1/messages → OpenAI ({OPENAI_MODEL})", messages_url, gateway.headers,
+                   {**ANTHROPIC_REQUEST, "model": OPENAI_MODEL}, anthropic_arguments),
         ]
         with httpx.Client(timeout=30) as client:
             for round_ in range(args.warmup + args.requests):
@@ -167,14 +174,18 @@ def report(targets: list[Target], args: argparse.Namespace, gateway: NeuroAPI) -
              f"interleaved; one call, {len(ARGUMENTS)}-character arguments in {FRAGMENTS} fragments, "
              f"0 ms gaps; "
              f"{gateway.version()}",
-             "| target | first tool-call delta p50 | p90 | last byte p50 | p90 |",
+             "| target | first tool-call delta p50 | p99 | last byte p50 | p99 |",
              "|---|---:|---:|---:|---:|"]
     rows = {t.label: (*percentiles(t.first_ms), *percentiles(t.last_ms)) for t in targets}
-    for direct, through in ((targets[0], targets[1]), (targets[2], targets[3])):
+    pairs = ((targets[0], targets[1]), (targets[2], targets[3]), (targets[2], targets[4]), (targets[0], targets[5]))
+    shown: set[str] = set()
+    for direct, through in pairs:
         base, ours = rows[direct.label], rows[through.label]
-        lines.append(f"| {direct.label} | " + " | ".join(f"{v:.2f} ms" for v in base) + " |")
+        if direct.label not in shown:
+            shown.add(direct.label)
+            lines.append(f"| {direct.label} | " + " | ".join(f"{v:.2f} ms" for v in base) + " |")
         lines.append(f"| {through.label} | " + " | ".join(f"{v:.2f} ms" for v in ours) + " |")
-        lines.append(f"| **NeuroAPI added** | " + " | ".join(
+        lines.append(f"| **added vs {direct.label}** | " + " | ".join(
             f"**+{o - b:.2f} ms** ({o / b:.1f}×)" for o, b in zip(ours, base)) + " |")
     return "\n".join(lines)
 

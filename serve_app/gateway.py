@@ -39,6 +39,9 @@ from serve_app.callers.verifier_calls import RaisingHandle
 from serve_app.endpoints.chat.fallback import Backends
 from serve_app.endpoints.chat.finetune_resolver import FineTuneResolver
 from serve_app.endpoints.chat.service import ChatService
+from serve_app.endpoints.embeddings.service import EmbeddingService
+from serve_app.endpoints.generate.service import GenerateService
+from serve_app.endpoints.messages.service import MessagesService
 from serve_app.endpoints.model_calls import ModelCalls
 
 logger = logging.getLogger("neuroapi.ingress")
@@ -87,6 +90,8 @@ class Gateway:
         self.table = None
         self.calls: ModelCalls | None = None
         self.chat: ChatService | None = None
+        self.messages: MessagesService | None = None
+        self.generate: GenerateService | None = None
 
     async def start(self) -> Gateway:
         self.table = await self.router.table.remote()
@@ -94,6 +99,10 @@ class Gateway:
                                 self.settings.prices, self.settings.request_deadline_s,
                                 gate=self.billing_gate.check if self.billing_gate else None)
         self.chat = ChatService(self.calls)
+        self.generate = GenerateService(self.calls)
+        self.messages = MessagesService(self.calls)
+        self.embeddings = EmbeddingService(self.table, self._backends, self.record, self.settings.prices, self.settings.card,
+                                           self.settings.request_deadline_s, self.billing_gate.check if self.billing_gate else None)
         self._records.start()
         self.listener.start()
         loop = asyncio.get_running_loop()

@@ -32,11 +32,12 @@ class CallMeter:
     request_bytes: int = 0
     finetune: str = ""  # "<name>@v<version>"
     price: Price | None = None  # set for a fine-tune: its own, or its base model's
+    endpoint: str = ""  # the path called
 
     @classmethod
-    def start(cls, request_id: str, declared_bytes: str | None) -> CallMeter:
+    def start(cls, request_id: str, declared_bytes: str | None, endpoint: str = "") -> CallMeter:
         size = int(declared_bytes) if declared_bytes and declared_bytes.isdigit() else 0
-        return cls(request_id, int(time.time() * 1000), request_bytes=size)
+        return cls(request_id, int(time.time() * 1000), request_bytes=size, endpoint=endpoint)
 
     def finish(self, status: int, response_bytes: int, usage: Usage | None, estimated: bool,
                prices: Mapping[str, Price]) -> CallRecord:
@@ -52,6 +53,7 @@ class CallMeter:
             prompt_tokens=prompt, completion_tokens=completion, estimated=estimated,
             cost_micro_units=cost,
             request_bytes=self.request_bytes, response_bytes=response_bytes, finetune=self.finetune,
+            endpoint=self.endpoint,
         )
 
 
@@ -92,13 +94,21 @@ def completion_text(body: bytes) -> str:
         return ""
 
 
+def _anthropic_delta(chunk: dict) -> str:
+    """The text of an Anthropic ``content_block_delta`` (a /v1/messages stream relayed as it came)."""
+    delta = chunk.get("delta") or {}
+    return _text(delta.get("text")) + _text(delta.get("thinking")) + _text(delta.get("partial_json"))
+
+
 def streamed_text(pieces: Iterable[bytes]) -> str:
-    """The content deltas of the SSE chunks that reached the caller."""
+    """The content deltas of the SSE chunks that reached the caller (OpenAI's or Anthropic's)."""
     decoder, text = SSEDecoder(max_line_bytes=1 << 62), []  # our own output: bounded already
     for piece in pieces:
         for event in decoder.feed(piece):
             try:
                 chunk = json.loads(event.data)
+                if chunk.get("type") == "content_block_delta":
+                    text.append(_anthropic_delta(chunk))
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
                     text.append(_text(delta.get("content")) + _text(delta.get("reasoning_content"))

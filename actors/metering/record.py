@@ -30,6 +30,7 @@ class CallRecord:
     request_bytes: int
     response_bytes: int
     finetune: str = ""  # "<name>@v<version>" when a fine-tune answered (model is then "ft:<name>")
+    endpoint: str = ""  # the path called ("/v1/messages"); "" in records made before it was kept
 
     def to_fields(self) -> dict[str, str]:
         """The Redis stream entry (and spill line): every field as text."""
@@ -60,7 +61,7 @@ class CallRecord:
 
 _FIELD_NAMES = tuple(f.name for f in fields(CallRecord))
 _INT_FIELDS = frozenset(f.name for f in fields(CallRecord) if f.type == "int")
-_ADDED_LATER = frozenset({"finetune"})  # absent from spill lines written before it existed
+_ADDED_LATER = frozenset({"finetune", "endpoint"})  # absent from spill lines written before they existed
 
 
 def estimate_tokens(text: str) -> int:

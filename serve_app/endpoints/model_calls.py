@@ -10,6 +10,8 @@ way to the caller (``Reshape``), inside the metering, so the record counts the c
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -20,12 +22,28 @@ from typing import Any
 from actors.keys.store import VerifiedKey
 from actors.metering.call_meter import CallMeter, completion_text, estimated_usage, prompt_text, streamed_text
 from actors.metering.record import CallRecord
-from actors.routing.table import FINETUNE_WIRE, Backend, RoutingTable, attempt_order, takes_native, unsupported
-from core.backend import LoraAdapter, UpstreamCall
+from actors.routing.table import (
+    ENGINE_WIRE,
+    FINETUNE_WIRE,
+    Backend,
+    RoutingTable,
+    attempt_order,
+    takes_native,
+    unsupported,
+)
+from core.backend import LoraAdapter, UpstreamCall, UpstreamFailure
 from core.errors import GatewayError, internal_error
 from core.money import Price, cost_units_text, price_for
 from finetunes.registry import FineTune
-from serve_app.endpoints.chat.fallback import Backends, Deadline, Framing, Outcome, complete_chat, open_chat_stream
+from serve_app.endpoints.chat.fallback import (
+    Backends,
+    Deadline,
+    Framing,
+    Outcome,
+    complete_chat,
+    open_chat_stream,
+    past_deadline,
+)
 
 logger = logging.getLogger("neuroapi.ingress")
 
@@ -61,6 +79,10 @@ class ModelAnswer:
     native: bool = False  # the answer is Anthropic's own (the backend took ``ModelRequest.native``)
 
 
+def _tools_text(body: dict[str, Any]) -> str:
+    return json.dumps(body["tools"]) if body.get("tools") else ""
+
+
 class ModelCalls:
     def __init__(self, table: RoutingTable, backends: Backends, finetunes: FineTuneLookup,
                  record: Callable[[CallRecord], None], prices: Mapping[str, Price], deadline_s: float,
@@ -85,10 +107,11 @@ class ModelCalls:
 
     async def answer(self, meter: CallMeter, authenticate: Callable[[], Awaitable[VerifiedKey]],
                      read_body: Callable[[], Awaitable[bytes]], parse: Callable[[bytes], ModelRequest],
-                     reshape: Callable[[ModelRequest, bool], Reshape | None] | None = None,
+                     reshape: Callable[[ModelRequest, bool, str | None], Reshape | None] | None = None,
                      framing: Framing | None = None) -> ModelAnswer:
-        """``reshape(request, native)`` gives the per-piece transform of a streamed answer (None:
-        as it comes); ``framing`` ends a native Anthropic stream (done, or an error event)."""
+        """``reshape(request, native, mode)`` gives the per-piece transform of a streamed answer
+        (None: as it comes; ``mode``: the one that routed it, None for a named model); ``framing``
+        ends a native Anthropic stream (done, or an error event)."""
         outcome = Outcome()
         deadline = Deadline.after(self._deadline_s)
         try:
@@ -96,11 +119,8 @@ class ModelCalls:
             raw = await read_body()
             meter.request_bytes = len(raw)
             request = parse(raw)
-            route = self._table.resolve(request.model, request.mode)
-            meter.mode = route.mode or ""
             body = request.body
-            order = attempt_order(route, body, self._rng, verified.scope, check=self._check(request))
-            order = await self._with_finetunes(order, verified, body)
+            order = await self._order(request, verified, meter)
             call = UpstreamCall(meter.request_id, "", body, request.wants_usage_in_stream, verified.scope,
                                 native=request.native, native_betas=request.native_betas)
             if not request.stream:
@@ -126,9 +146,45 @@ class ModelCalls:
             raise failure from None
         self._answered(meter, outcome)
         native = self._native(request, outcome)
-        transform = reshape(request, native) if reshape is not None else None
+        transform = reshape(request, native, meter.mode or None) if reshape is not None else None
         return ModelAnswer(outcome, events=self.metered_stream(events, meter, outcome, body["messages"], transform),
                            native=native)
+
+    async def count_tokens(self, meter: CallMeter, authenticate: Callable[[], Awaitable[VerifiedKey]],
+                           read_body: Callable[[], Awaitable[bytes]],
+                           parse: Callable[[bytes], ModelRequest]) -> tuple[int, bool]:
+        """(input tokens, estimated) of a request for the backend that would serve it first: the
+        provider's own count (Anthropic), the model's tokenizer and chat template (in-house), or,
+        for a provider with no count API, the estimate metering uses (4 bytes a token)."""
+        deadline = Deadline.after(self._deadline_s)
+        verified = await self.caller(meter, authenticate)
+        raw = await read_body()
+        meter.request_bytes = len(raw)
+        request = parse(raw)
+        backend = (await self._order(request, verified, meter))[0]
+        meter.backend, meter.model = backend.provider, backend.model
+        native = request.native is not None and takes_native(backend)
+        if not (native or backend.wire == ENGINE_WIRE):
+            return estimated_usage(prompt_text(request.body["messages"]) + _tools_text(request.body), "").prompt_tokens, True
+        call = UpstreamCall(meter.request_id, backend.model, {} if native else request.body, scope=verified.scope,
+                            adapter=backend.finetune, timeout_s=deadline.remaining(),
+                            native=request.native if native else None, native_betas=request.native_betas if native else ())
+        try:
+            async with asyncio.timeout_at(deadline.safety_net()):
+                counted = await self._backends.count_tokens(backend, call)
+        except TimeoutError:
+            raise past_deadline() from None
+        if isinstance(counted, UpstreamFailure):
+            raise counted.error
+        return counted, False
+
+    async def _order(self, request: ModelRequest, verified: VerifiedKey, meter: CallMeter) -> list[Backend]:
+        """The backends to try for ``request``, fine-tunes resolved."""
+        route = self._table.resolve(request.model, request.mode)
+        meter.mode = route.mode or ""
+        check = self._check(request)
+        order = attempt_order(route, request.body, self._rng, verified.scope, check=check)
+        return await self._with_finetunes(order, verified, check)
 
     @staticmethod
     def _native(request: ModelRequest, outcome: Outcome) -> bool:
@@ -142,7 +198,8 @@ class ModelCalls:
             return request.native_only or unsupported(backend, request.body)
         return check
 
-    async def _with_finetunes(self, order: list[Backend], verified: VerifiedKey, body: dict) -> list[Backend]:
+    async def _with_finetunes(self, order: list[Backend], verified: VerifiedKey,
+                              check: Callable[[Backend], str | None]) -> list[Backend]:
         """Fine-tunes in ``order`` resolved to their live version on their base model's replicas.
 
         One that is retired, another account's, or whose base model cannot honour the request is
@@ -158,7 +215,7 @@ class ModelCalls:
                 finetune = await self._finetunes(backend.model, verified.account_id)
                 adapter = LoraAdapter(finetune.key, Path(finetune.artifact_path), price_name=backend.model)
                 on_base = self._table.with_adapter(backend.model, finetune.base_model, adapter)
-                reason = unsupported(on_base, body)
+                reason = check(on_base)
                 if reason is not None:
                     raise GatewayError(400, f"Unsupported parameter: {reason}.", code="unsupported_parameter")
                 resolved.append(on_base)

@@ -37,7 +37,9 @@ def _is_union_member(part: str | int) -> bool:
 # The tags of discriminated unions (a message's role, a content part's type): pydantic puts the
 # tag in an error's loc right after the list index, where the caller's JSON has no such key.
 UNION_TAGS = frozenset({"system", "user", "assistant", "tool", "text", "image_url", "refusal", "thinking",
-                        "redacted_thinking"})
+                        "redacted_thinking",
+                        # Anthropic's content blocks (/v1/messages)
+                        "image", "document", "tool_use", "tool_result"})
 
 
 def _is_tag(loc: tuple, index: int) -> bool:

@@ -17,7 +17,7 @@ from tests.support.upstreams import Behaviour
 
 RECORD_FIELDS = {"request_id", "timestamp_ms", "key_prefix", "account_id", "status", "mode", "backend", "model",
                  "prompt_tokens", "completion_tokens", "estimated", "cost_micro_units", "request_bytes",
-                 "response_bytes", "finetune"}
+                 "response_bytes", "finetune", "endpoint"}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -48,6 +48,7 @@ async def test_a_call_gets_one_exact_record_and_its_price(client, gateway, api_k
         "status": "200", "mode": "", "backend": "openai", "model": "gpt-4o-mini", "prompt_tokens": "2",
         "completion_tokens": "3", "estimated": "0", "cost_micro_units": "2100000",
         "request_bytes": str(len(body)), "response_bytes": str(len(response.content)), "finetune": "",
+        "endpoint": "/v1/chat/completions",
     }
     assert abs(int(record["timestamp_ms"]) / 1000 - time.time()) < 60
 

@@ -140,3 +140,39 @@ async def test_a_canary_in_tool_calls_tool_results_and_images_is_retained_nowher
 
     assert_retained_nowhere(gateway, tmp_path_factory, canary)
     assert_retained_nowhere(gateway, tmp_path_factory, image_canary)
+
+
+async def test_a_canary_through_messages_and_generate_is_retained_nowhere(gateway, api_key, upstreams, tmp_path_factory):
+    """The canary in the prompt, the history and a tool result of /v1/messages (Claude as sent,
+    GPT translated, streamed and not, counted) and /v1/generate."""
+    canary = "CANARY-" + secrets.token_hex(8)
+    tool_turns = [
+        {"role": "user", "content": f"look up {canary}"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"q": "x"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": f"found {canary}"}]},
+    ]
+    tool = {"name": "f", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    headers = {"x-api-key": api_key, "anthropic-version": "2023-06-01", "X-Forwarded-For": caller_address()}
+    calls = [
+        ("/v1/messages", {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": tool_turns, "tools": [tool]}),
+        ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 64, "messages": tool_turns, "tools": [tool],
+                          "stream": True}),
+        ("/v1/messages", {"model": "claude-haiku-4-5", "max_tokens": 64, "stream": True,
+                          "system": f"system {canary}", "messages": tool_turns[:1]}),
+        ("/v1/messages", {"model": "private", "max_tokens": 8, "messages": tool_turns[:1]}),
+        ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 64, "messages": tool_turns[:1], "top_k": 3}),  # 400
+        ("/v1/messages/count_tokens", {"model": "claude-haiku-4-5", "messages": tool_turns, "tools": [tool]}),
+        ("/v1/generate", {"prompt": f"again {canary}", "mode": "fast", "message_history": [
+            {"role": "user", "content": f"say {canary}"}, {"role": "assistant", "content": f"I said {canary}"}]}),
+        ("/v1/generate", {"prompt": f"again {canary}", "mode": "private", "max_tokens": 8, "stream": True}),
+    ]
+    statuses, request_ids = [], []
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+        for path, body in calls:
+            response = await client.post(path, headers=headers, json=body)
+            statuses.append(response.status_code)
+            request_ids.append(response.headers["x-request-id"])
+    assert statuses == [200, 200, 200, 200, 400, 200, 200, 200]
+    assert sum(canary in json.dumps(r.body) for r in upstreams.requests) >= 5  # it did go through
+    assert len(await records_for(gateway, request_ids)) == len(request_ids)
+    assert_retained_nowhere(gateway, tmp_path_factory, canary)

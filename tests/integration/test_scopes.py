@@ -17,19 +17,12 @@ from ray import serve
 from core.audit import AUDIT_STREAM
 from core.backend import UpstreamCall, UpstreamFailure
 from core.scope import Scope
-from tests.support.gateway_client import account_with_key, bearer
+from tests.support.gateway_client import account_with_key, bearer, set_scope
 from tests.support.upstreams import Behaviour
 
 
 def chat(model: str, text: str = "hello", stream: bool = False) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}
-
-
-async def set_scope(client, gateway, email: str, **scope) -> dict:
-    response = await client.put("/v1/admin/account-scope", json={"email": email, **scope},
-                                headers=bearer(gateway.environ["NEUROAPI_ADMIN_TOKEN"]))
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 async def test_in_house_only_reaches_in_house_models_and_nothing_else(client, gateway, upstreams):
@@ -49,7 +42,8 @@ async def test_in_house_only_reaches_in_house_models_and_nothing_else(client, ga
     assert answer.status_code == 200 and answer.json()["model"] == "smollm2-135m-instruct"
     assert upstreams.requests == []  # served on the gateway's own replicas: nothing left
     listed = (await client.get("/v1/models", headers=bearer(key))).json()["data"]
-    assert [m["id"] for m in listed] == ["private", "support", "smollm2-135m-instruct", "smollm2-transformers"]
+    assert [m["id"] for m in listed] == ["private", "support", "smollm2-135m-embed", "smollm2-135m-instruct",
+                                         "smollm2-transformers"]
 
 
 async def test_an_excluded_provider_is_skipped_on_every_path(client, gateway, upstreams):

@@ -54,6 +54,14 @@ async def account_with_key(client) -> tuple[str, str]:
     return email, key
 
 
+async def set_scope(client, gateway, email: str, **scope) -> dict:
+    """An account's scope set by the operator's admin API (``in_house_only``, ``excluded_providers``)."""
+    response = await client.put("/v1/admin/account-scope", json={"email": email, **scope},
+                                headers=bearer(gateway.environ["NEUROAPI_ADMIN_TOKEN"]))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 async def records_for(gateway, request_ids: list[str], timeout_s: float = 20.0) -> dict[str, dict]:
     """The calls-stream entries of these requests, once the batcher has written them all."""
     redis = aioredis.Redis.from_url(gateway.redis.url, decode_responses=True)
