@@ -1,7 +1,7 @@
 """Fuzzing the running gateway (issue 13): mutated and arbitrary bodies at every endpoint that
 takes one. Every answer is below 500, every 4xx is OpenAI's error shape with an X-Request-Id,
 and afterwards the gateway serves normally. A client that trickles its body is answered or
-cut off within a bound. (schemathesis over an OpenAPI document comes when one is served.)"""
+cut off within a bound. (schemathesis over the served OpenAPI document: test_openapi_live.py.)"""
 
 from __future__ import annotations
 

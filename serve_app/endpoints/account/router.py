@@ -7,22 +7,28 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import GatewayError
-from serve_app.endpoints.account.schema import AccountDeletion
+from serve_app.endpoints.account.schema import AccountDeleted, AccountDeletion, AccountExport
 from serve_app.endpoints.parsing import parse_body
 from serve_app.gateway import Gateway
 from serve_app.http import raise_if_error, read_body
+from serve_app.openapi import documented
 
 
 def account_router(gateway: Gateway) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/v1/account/export")
+    @router.get("/v1/account/export", **documented(
+            "Export everything NeuroAPI holds about the account", response=AccountExport, auth="session",
+            tags=["account"], errors=[404]))
     async def export(request: Request) -> JSONResponse:
         session = await gateway.callers.session(request)
         # Read by the verifier pool: the account's email is sealed with key material only it holds.
         return JSONResponse(await gateway.verifier.export_account.remote(session.account_id))
 
-    @router.delete("/v1/account")
+    @router.delete("/v1/account", **documented(
+            "Delete the account (keys refused at once, data purged by the next purge batch)",
+            request=AccountDeletion, response=AccountDeleted, auth="session", tags=["account"],
+            errors=[400, 404, 408, 413]))
     async def delete(request: Request) -> JSONResponse:
         address = gateway.callers.source(request)
         session = await gateway.callers.session(request)

@@ -1,8 +1,10 @@
-"""The admin scope API's bodies."""
+"""The admin scope API's bodies and answers."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from serve_app.endpoints.parsing import Strict
 
@@ -22,3 +24,16 @@ class AccountRef(Strict):
 
 class AccountScopeChange(ScopeChange, AccountRef):
     """``PUT /v1/admin/account-scope``: the account and its whole new scope."""
+
+
+# Answers, for the OpenAPI document.
+
+class AccountScope(BaseModel):
+    object: Literal["account_scope"]
+    account_id: str
+    in_house_only: bool
+    excluded_providers: list[str]
+
+
+class AccountScopeSet(AccountScope):
+    replicas_confirmed: int = Field(description="Ingress replicas that confirmed the new scope before the answer.")

@@ -7,17 +7,20 @@ from fastapi.responses import JSONResponse
 
 from core.errors import GatewayError, invalid_session
 from serve_app.callers.guard import too_many_signups
-from serve_app.endpoints.auth.schema import Credentials
+from serve_app.endpoints.auth.schema import AccountCreated, Credentials, LoggedOut, SessionToken
 from serve_app.endpoints.parsing import parse_body
 from serve_app.gateway import Gateway
 from serve_app.http import presented_key, raise_if_error, read_body
+from serve_app.openapi import documented
 
 
 def auth_router(gateway: Gateway) -> APIRouter:
     router = APIRouter()
     callers, verifier = gateway.callers, gateway.verifier
 
-    @router.post("/v1/auth/signup", status_code=201)
+    @router.post("/v1/auth/signup", status_code=201, **documented(
+            "Create an account", request=Credentials, response=AccountCreated, status=201, tags=["account"],
+            errors=[400, 408, 409, 413, 429, 503]))
     async def signup(request: Request) -> JSONResponse:
         address = callers.address(request)
         credentials = parse_body(Credentials, await read_body(request, *gateway.body_limits))
@@ -30,7 +33,9 @@ def auth_router(gateway: Gateway) -> APIRouter:
         return JSONResponse({"object": "account", "id": account.id, "email": account.email,
                              "created_at": account.created_at}, status_code=201)
 
-    @router.post("/v1/auth/login")
+    @router.post("/v1/auth/login", **documented(
+            "Log in: a session token for the account endpoints", request=Credentials, response=SessionToken,
+            tags=["account"], errors=[400, 401, 408, 413, 429, 503]))
     async def login(request: Request) -> JSONResponse:
         address = callers.source(request)
         credentials = parse_body(Credentials, await read_body(request, *gateway.body_limits))
@@ -41,7 +46,8 @@ def auth_router(gateway: Gateway) -> APIRouter:
         token, session = issued
         return JSONResponse({"token": token, "token_type": "bearer", "expires_at": session.expires_at})
 
-    @router.post("/v1/auth/logout")
+    @router.post("/v1/auth/logout", **documented("End this session", response=LoggedOut, auth="session",
+                                                tags=["account"]))
     async def logout(request: Request) -> JSONResponse:
         address = callers.source(request)
         if not await verifier.logout.remote(presented_key(request) or ""):  # checks the session too

@@ -9,8 +9,10 @@ from fastapi.responses import JSONResponse
 from actors.billing.stripe_api import BillingRejected, BillingUnavailable
 from actors.billing.webhooks import InvalidWebhook
 from core.errors import GatewayError
+from serve_app.endpoints.billing.schema import BillingOverview, BillingRedirect, WebhookReceived
 from serve_app.gateway import Gateway
 from serve_app.http import read_body
+from serve_app.openapi import documented
 
 
 def billing_off() -> GatewayError:
@@ -39,26 +41,36 @@ def billing_router(gateway: Gateway) -> APIRouter:
             raise GatewayError(502, "The payment provider refused the request.", "server_error",
                                "billing_rejected") from None
 
-    @router.get("/v1/billing")
+    @router.get("/v1/billing", **documented("The account's plan and this month's cost",
+                                           response=BillingOverview, auth="session", tags=["billing"]))
     async def overview(request: Request) -> JSONResponse:
         session = await gateway.callers.session(request)
         if gateway.billing is None:
             return JSONResponse({"object": "billing", "enabled": False, "account_id": session.account_id})
         return JSONResponse(await gateway.billing.overview(session.account_id))
 
-    @router.post("/v1/billing/checkout")
+    @router.post("/v1/billing/checkout", **documented(
+            "Subscribe: a Stripe Checkout page", response=BillingRedirect, auth="session", tags=["billing"],
+            errors=[404, 502, 503], description="404 `billing_disabled` when billing is off on this gateway."))
     async def checkout(request: Request) -> JSONResponse:
         session = await gateway.callers.session(request)
         url = await with_stripe(service().checkout_url(session.account_id))
         return JSONResponse({"object": "billing.checkout", "url": url})
 
-    @router.post("/v1/billing/portal")
+    @router.post("/v1/billing/portal", **documented(
+            "Manage the subscription: Stripe's customer portal", response=BillingRedirect, auth="session",
+            tags=["billing"], errors=[404, 502, 503],
+            description="404 `billing_disabled` when billing is off on this gateway."))
     async def portal(request: Request) -> JSONResponse:
         session = await gateway.callers.session(request)
         url = await with_stripe(service().portal_url(session.account_id))
         return JSONResponse({"object": "billing.portal", "url": url})
 
-    @router.post("/v1/billing/webhook")
+    @router.post("/v1/billing/webhook", **documented(
+            "Stripe's events (called by Stripe, not by API callers)", response=WebhookReceived, auth="stripe",
+            tags=["billing"], errors=[400, 404, 408, 413, 503],
+            description="The body is a Stripe event as Stripe signs it (JSON), checked against "
+                        "`Stripe-Signature`; applied once."))
     async def webhook(request: Request) -> JSONResponse:
         billing = service()
         payload = await read_body(request, *gateway.body_limits)

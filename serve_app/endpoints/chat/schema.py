@@ -16,7 +16,7 @@ import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
 
 from serve_app.endpoints.parsing import Strict, parse_body
 
@@ -298,3 +298,103 @@ class ChatCompletionRequest(Strict):
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     return parse_body(ChatCompletionRequest, raw)
+
+
+# The answer's shape, for the OpenAPI document only (answers are relayed as the backend's JSON,
+# translated where needed; these models validate nothing).
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int | None = Field(default=None, description="Prompt tokens read from the provider's cache.")
+    cache_write_tokens: int | None = Field(default=None, description="Prompt tokens written to Anthropic's cache.")
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int | None = None
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+    cost_units: float = Field(description="NeuroAPI: the call's exact price in cost_units (1 cost_unit = "
+                                          "US$0.000001), a JSON number written from exact decimal text.")
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = Field(default=None, description="NeuroAPI: the model's reasoning text, "
+                                                                    "where the backend returns one.")
+    thinking_blocks: list[ThinkingBlock | RedactedThinkingBlock] | None = Field(
+        default=None, description="NeuroAPI: Anthropic's signed thinking blocks; send them back on the assistant "
+                                  "message of the next turn of a tool loop.")
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int
+    message: ChatCompletionMessage
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's ``chat.completion``, plus ``usage.cost_units``."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: CompletionUsage
+    system_fingerprint: str | None = None
+    service_tier: str | None = None
+
+
+class ChunkFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChunkFunction | None = None
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
+    reasoning_content: str | None = None
+    thinking_blocks: list[ThinkingBlock | RedactedThinkingBlock] | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One streamed ``data:`` event: OpenAI's ``chat.completion.chunk``."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = Field(default=None, description="Only on the last chunk (empty choices), "
+                                                                    "with stream_options.include_usage.")
+
+
+CHAT_STREAM = ("`data: {chat.completion.chunk}` events as the model writes (tool calls as argument fragments); "
+               "with `stream_options.include_usage`, a last chunk with empty `choices` and `usage` (cost_units "
+               "included); then `data: [DONE]`. A failure after the stream started arrives as one "
+               "`data: {\"error\": {...}}` event in the error shape, then the stream ends.")

@@ -5,10 +5,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import GatewayError
-from serve_app.endpoints.keys.schema import NewKey
+from serve_app.endpoints.keys.schema import ApiKeyList, NewApiKey, NewKey, RevokedKey
 from serve_app.endpoints.parsing import parse_body
 from serve_app.gateway import Gateway
 from serve_app.http import read_body
+from serve_app.openapi import documented
 
 
 def key_fields(info) -> dict:
@@ -21,20 +22,25 @@ def keys_router(gateway: Gateway) -> APIRouter:
     router = APIRouter()
     callers, verifier = gateway.callers, gateway.verifier
 
-    @router.post("/v1/keys", status_code=201)
+    @router.post("/v1/keys", status_code=201, **documented(
+            "Mint an API key (the whole key is shown once)", request=NewKey, request_required=False,
+            response=NewApiKey, status=201, auth="session", tags=["keys"], errors=[400, 408, 413]))
     async def create_key(request: Request) -> JSONResponse:
         session = await callers.session(request)
         new_key = parse_body(NewKey, await read_body(request, *gateway.body_limits) or b"{}")
         plaintext, info = await verifier.create_key.remote(session.account_id, new_key.name)
         return JSONResponse({"object": "api_key", "key": plaintext, **key_fields(info)}, status_code=201)
 
-    @router.get("/v1/keys")
+    @router.get("/v1/keys", **documented("This account's API keys (never their secrets)", response=ApiKeyList,
+                                        auth="session", tags=["keys"]))
     async def list_keys(request: Request) -> JSONResponse:
         session = await callers.session(request)
         infos = await verifier.list_keys.remote(session.account_id)
         return JSONResponse({"object": "list", "data": [{"object": "api_key", **key_fields(i)} for i in infos]})
 
-    @router.delete("/v1/keys/{prefix}")
+    @router.delete("/v1/keys/{prefix}", **documented(
+            "Revoke an API key: refused everywhere at once", response=RevokedKey, auth="session", tags=["keys"],
+            errors=[404]))
     async def revoke_key(prefix: str, request: Request) -> JSONResponse:
         session = await callers.session(request)
         if not await verifier.revoke_key.remote(session.account_id, prefix):

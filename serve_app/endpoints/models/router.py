@@ -7,16 +7,20 @@ from fastapi.responses import JSONResponse
 from actors.metering.call_meter import CallMeter
 from core.errors import GatewayError
 from serve_app.endpoints.models.service import model_list
+from serve_app.endpoints.models.schema import ModelList
 from serve_app.gateway import Gateway
+from serve_app.openapi import documented
 
 
 def models_router(gateway: Gateway) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", **documented("The models and modes this key may use", response=ModelList,
+                                          auth="api_key", tags=["models"]))
     async def list_models(request: Request) -> JSONResponse:
         prices = gateway.settings.prices
-        meter = CallMeter.start(request.headers.get("x-request-id", ""), request.headers.get("content-length"))
+        meter = CallMeter.start(request.headers.get("x-request-id", ""), request.headers.get("content-length"),
+                                "/v1/models")
         try:
             verified = await gateway.callers.api_key(request)
         except GatewayError as error:

@@ -6,14 +6,17 @@ from fastapi.responses import JSONResponse
 
 from actors.accounts.sessions import TOKEN_TAG as SESSION_TOKEN_TAG
 from actors.metering.usage_report import usage_document
+from serve_app.endpoints.usage.schema import UsageDocument
 from serve_app.gateway import Gateway
 from serve_app.http import presented_key
+from serve_app.openapi import documented
 
 
 def usage_router(gateway: Gateway) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/v1/usage")
+    @router.get("/v1/usage", **documented("This month's and last month's usage and cost, by mode",
+                                         response=UsageDocument, auth="session_or_api_key", tags=["usage"]))
     async def usage(request: Request) -> JSONResponse:
         """A session token or an API key."""
         if (presented_key(request) or "").startswith(SESSION_TOKEN_TAG):
