@@ -5,19 +5,11 @@ import json
 from decimal import Decimal
 
 from tests.support.gateway_client import account_with_key, bearer, records_for, set_scope
+from tests.support.named_events import named_events
 from tests.support.upstreams import Behaviour
 
 # gpt-4o-mini's price: cost_units per million prompt / completion tokens (config/defaults/prices.yaml).
 GPT_4O_MINI = (Decimal(150_000), Decimal(600_000))
-
-
-def named_events(text: str) -> list[tuple[str, dict]]:
-    """(event type, data) of an SSE body whose events are named."""
-    out = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        out.append((lines["event"], json.loads(lines["data"], parse_float=Decimal)))
-    return out
 
 
 def history(turns: int) -> list[dict]:

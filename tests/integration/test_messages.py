@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 
 from tests.support.gateway_client import account_with_key, records_for, set_scope
+from tests.support.named_events import named_events
 from tests.support.upstreams import Behaviour
 
 ASK = [{"role": "user", "content": "one two three"}]
@@ -13,14 +14,6 @@ ASK = [{"role": "user", "content": "one two three"}]
 
 def anthropic_headers(key: str) -> dict[str, str]:
     return {"x-api-key": key, "anthropic-version": "2023-06-01"}
-
-
-def named_events(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        out.append((lines["event"], json.loads(lines["data"], parse_float=Decimal)))
-    return out
 
 
 async def test_a_mode_translates_for_deepseek_and_falls_back_to_claude_with_the_callers_own_body(
