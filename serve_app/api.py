@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from serve_app.endpoints.account.router import account_router
 from serve_app.endpoints.admin_finetunes.router import admin_finetunes_router
+from serve_app.endpoints.admin_limits.router import admin_limits_router
 from serve_app.endpoints.admin_scopes.router import admin_scopes_router
 from serve_app.endpoints.auth.router import auth_router
 from serve_app.endpoints.billing.router import billing_router
@@ -29,6 +30,6 @@ def build_api(gateway: Gateway) -> FastAPI:
     for router in (chat_router(gateway), messages_router(gateway), generate_router(gateway), embeddings_router(gateway),
                    models_router(gateway), usage_router(gateway), auth_router(gateway), keys_router(gateway),
                    account_router(gateway), billing_router(gateway), admin_scopes_router(gateway),
-                   admin_finetunes_router(gateway), health_router(), docs_router()):
+                   admin_limits_router(gateway), admin_finetunes_router(gateway), health_router(), docs_router()):
         api.include_router(router)
     return api

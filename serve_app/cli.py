@@ -26,6 +26,7 @@ from actors.billing.service import BillingService, SealedBillingIds
 from actors.billing.stripe_api import StripeBilling
 from actors.housekeeping import housekeeping_pass
 from actors.keys.crypto import KeyCrypto
+from actors.keys.limit_settings import LimitSettings
 from actors.keys.rotation import rotate
 from actors.keys.store import KeyStore
 from actors.metering.usage_report import usage_document
@@ -35,7 +36,8 @@ from config.secrets import load_key_material
 from config.settings import STRIPE_SECRET_VARIABLE, ConfigError, Settings, load_settings
 from core import logs
 from core.invalidation import InvalidationTimeout
-from core.money import FINETUNE_PREFIX
+from core.limits import Limits, LimitsError, micro_from_cost_units
+from core.money import FINETUNE_PREFIX, cost_units_text
 from core.redis_conn import connect
 from core.scope import Scope, ScopeError
 from finetunes.registry import FineTune, RegistryError
@@ -272,6 +274,44 @@ async def _keys_revoke(redis: Redis, settings: Settings, prefix: str) -> int:
     return 0
 
 
+def _limits_text(limits: Limits) -> str:
+    shown = limits.as_dict()
+    return "\t".join(f"{name}={'-' if value is None else ','.join(value) if name == 'models' else value}"
+                     for name, value in shown.items())
+
+
+async def _keys_limits(redis: Redis, args: argparse.Namespace) -> int:
+    settings = LimitSettings(redis)
+    current = await settings.key_limits(args.prefix)  # an unknown key is reported before a bad option
+    changes = {name: value for name, value in (
+        ("rpm", args.rpm), ("tpm", args.tpm), ("monthly_budget_cost_units", args.budget),
+        ("models", args.models.split(",") if args.models is not None else None)) if value is not None}
+    if args.clear or changes:
+        if args.clear and changes:
+            raise LimitsError("--clear takes no other option")
+        current, confirmed = await settings.update_ceiling(args.prefix, changes, f"cli:{getpass.getuser()}",
+                                                           clear=args.clear)
+        say(f"limits of {args.prefix} set; {confirmed} gateway replica(s) confirmed")
+    print(f"{args.prefix}\toperator\t{_limits_text(current.ceiling)}")
+    print(f"{args.prefix}\tin_force\t{_limits_text(current.effective)}")
+    return 0
+
+
+async def _accounts_budget(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
+    account = await _accounts(redis, settings).require(args.email)
+    limits = LimitSettings(redis)
+    budget = await limits.account_budget(account.id)
+    if args.clear or args.monthly is not None:
+        if args.clear and args.monthly is not None:
+            raise LimitsError("--clear takes no other option")
+        budget = None if args.clear else micro_from_cost_units(args.monthly, "--monthly")
+        confirmed = await limits.set_account_budget(account.id, budget, f"cli:{getpass.getuser()}")
+        say(f"monthly budget of {normalise_email(args.email)} set; {confirmed} gateway replica(s) confirmed")
+    shown = "-" if budget is None else cost_units_text(budget)
+    print(f"{normalise_email(args.email)}\tmonthly_budget_cost_units={shown}")
+    return 0
+
+
 async def _secrets_rotate(redis: Redis, settings: Settings, kind: str, resume: bool) -> int:
     report = await rotate(redis, settings, kind, add_version=not resume)
     say(report.summary())
@@ -310,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--in-house-only", action="store_true", help="only in-house models, never a third party")
     scope.add_argument("--exclude-provider", action="append", metavar="NAME", help="never this provider (repeatable)")
     scope.add_argument("--clear", action="store_true", help="no restriction")
+    budget = accounts.add_parser("budget", parents=[common],
+                                 help="show or set an account's monthly budget across its keys (every replica, at once)")
+    budget.add_argument("email")
+    budget.add_argument("--monthly", metavar="COST_UNITS", help="the budget per UTC month, in cost_units (exact)")
+    budget.add_argument("--clear", action="store_true", help="no account budget")
     accounts.add_parser("export", parents=[common],
                         help="everything NeuroAPI holds about an account, as JSON").add_argument("email")
     accounts.add_parser("delete", parents=[common], help="delete an account: its keys rejected at once, "
@@ -324,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("list", help="list an account's key prefixes", parents=[common]).add_argument("email")
     keys.add_parser("revoke", help="revoke a key: rejected everywhere once this returns",
                     parents=[common]).add_argument("prefix")
+    limits = keys.add_parser("limits", parents=[common], help="show or set a key's operator limits; its owner "
+                             "may only go under them (every replica, at once)")
+    limits.add_argument("prefix")
+    limits.add_argument("--rpm", type=int, help="requests per minute")
+    limits.add_argument("--tpm", type=int, help="prompt + completion tokens per minute")
+    limits.add_argument("--budget", metavar="COST_UNITS", help="the key's budget per UTC month, in cost_units")
+    limits.add_argument("--models", metavar="A,B", help="the only models/modes (or ft: names) it may call")
+    limits.add_argument("--clear", action="store_true", help="remove every operator limit of the key")
 
     usage = commands.add_parser("usage", help="an account's usage this month and last (or --month)",
                                 parents=[common])
@@ -367,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         action = {
             ("accounts", "create"): lambda redis: _accounts_create(redis, settings, args.email),
             ("accounts", "scope"): lambda redis: _accounts_scope(redis, settings, args),
+            ("accounts", "budget"): lambda redis: _accounts_budget(redis, settings, args),
             ("accounts", "export"): lambda redis: _accounts_export(redis, settings, args.email),
             ("accounts", "delete"): lambda redis: _accounts_delete(redis, settings, args.email),
             ("purge", None): lambda redis: _purge(redis, settings),
@@ -374,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             ("keys", "create"): lambda redis: _keys_create(redis, settings, args.email, args.name),
             ("keys", "list"): lambda redis: _keys_list(redis, settings, args.email),
             ("keys", "revoke"): lambda redis: _keys_revoke(redis, settings, args.prefix),
+            ("keys", "limits"): lambda redis: _keys_limits(redis, args),
             **{("finetunes", a): (lambda redis: _finetunes(redis, settings, args))
                for a in ("deploy", "list", "show", "rollback", "retire")},
             ("billing", "report"): lambda redis: _billing_report(redis, settings),
@@ -383,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         with redis_url_for(settings) as url:
             return asyncio.run(_run(url, action))
     except (ConfigError, LocalRedisError, AccountError, LookupError, InvalidationTimeout, ScopeError,
-            RegistryError) as error:
+            RegistryError, LimitsError) as error:
         say(f"neuroapi: {error}")
         return 2
 

@@ -27,6 +27,9 @@ _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
 # Account hash fields that hold the email: sealed (``sealing``), the index key's name, and the
 # plaintext of a record written before sealing (read, then moved by ``reseal``).
 EMAIL_SEALED, EMAIL_INDEX, LEGACY_EMAIL = "email_sealed", "email_index", "email"
+# The account's monthly budget across all its keys, micro cost_units as decimal text (issue 19;
+# operators set it: actors.keys.limit_settings). Absent: no account budget.
+ACCOUNT_BUDGET_FIELD = "monthly_budget_micro"
 
 
 class AccountError(ValueError):

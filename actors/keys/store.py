@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from actors.accounts.store import account_key, account_prefixes_key
+from actors.accounts.store import ACCOUNT_BUDGET_FIELD, account_key, account_prefixes_key
 from actors.keys.crypto import KeyCrypto
+from actors.keys.limit_records import CEILING_FIELD, NO_LIMITS, OWN_FIELD, decode, decode_budget, effective
 from core.invalidation import broadcast
+from core.limits import Limits
 from core.key_format import PREFIX_PATTERN, generate_key, parse_key
 from core.scope import EXCLUDED_FIELD, IN_HOUSE_FIELD, UNRESTRICTED, Scope
 
@@ -32,6 +34,9 @@ class VerifiedKey:
     prefix: str
     account_id: str
     scope: Scope = UNRESTRICTED  # the account's, read with the key: routing needs no extra lookup
+    # What every call of the key is held to (actors.keys.limit_records.effective), read in the
+    # same round trips: the key's rates, budget and allow-list and its account's budget.
+    limits: Limits = NO_LIMITS
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class KeyInfo:
     status: str
     created_at: int
     last_used_at: int | None = None  # to the minute or so: the ingress reports uses in batches
+    limits: Limits = NO_LIMITS  # what its calls are held to (owner's and operator's, the tighter)
+    ceiling: Limits = NO_LIMITS  # the operator's: the owner may not go above it
 
 
 # Sets last_used_at only on a record that exists and only forwards in time.
@@ -84,12 +91,15 @@ class KeyStore:
     async def list(self, account_id: str) -> list[KeyInfo]:
         prefixes = sorted(await self._redis.smembers(account_prefixes_key(account_id)))
         infos = []
+        account_budget = decode_budget(await self._redis.hget(account_key(account_id), ACCOUNT_BUDGET_FIELD))
         for prefix in prefixes:
-            name, status, created_at, last_used_at = await self._redis.hmget(
-                key_record_key(prefix), "name", "status", "created_at", "last_used_at")
+            name, status, created_at, last_used_at, own, ceiling = await self._redis.hmget(
+                key_record_key(prefix), "name", "status", "created_at", "last_used_at", OWN_FIELD, CEILING_FIELD)
             if status is not None:
+                ceiling_limits = decode(ceiling)
                 infos.append(KeyInfo(prefix, name or "", status, int(created_at),
-                                     int(last_used_at) if last_used_at else None))
+                                     int(last_used_at) if last_used_at else None,
+                                     effective(decode(own), ceiling_limits, account_budget), ceiling_limits))
         return infos
 
     async def owner(self, prefix: str) -> str | None:
@@ -108,9 +118,10 @@ class KeyStore:
         if parsed is None:
             return None
         fields = await self._redis.hmget(
-            key_record_key(parsed.prefix), "account_id", "status", "digest", "pepper_version"
+            key_record_key(parsed.prefix), "account_id", "status", "digest", "pepper_version",
+            OWN_FIELD, CEILING_FIELD,
         )
-        account_id, status, digest, pepper_version = fields
+        account_id, status, digest, pepper_version, own, ceiling = fields
         if digest is None:
             self._crypto.burn_time(parsed.secret)
             return None
@@ -118,11 +129,12 @@ class KeyStore:
             return None
         if status != "active":
             return None
-        account_status, in_house_only, excluded = await self._redis.hmget(
-            account_key(account_id), "status", IN_HOUSE_FIELD, EXCLUDED_FIELD)
+        account_status, in_house_only, excluded, account_budget = await self._redis.hmget(
+            account_key(account_id), "status", IN_HOUSE_FIELD, EXCLUDED_FIELD, ACCOUNT_BUDGET_FIELD)
         if account_status != "active":
             return None
-        return VerifiedKey(parsed.prefix, account_id, Scope.from_fields(in_house_only, excluded))
+        return VerifiedKey(parsed.prefix, account_id, Scope.from_fields(in_house_only, excluded),
+                           effective(decode(own), decode(ceiling), decode_budget(account_budget)))
 
     async def revoke(self, prefix: str) -> int:
         """Revoke; returns how many caching replicas confirmed before this returned."""

@@ -25,11 +25,15 @@ from actors.accounts.store import Account, AccountError, AccountExists
 from actors.billing.reporter import Subscribed
 from actors.billing.service import SealedBillingIds
 from actors.accounts.work_budget import Busy
+from actors.keys.limit_records import CeilingExceeded
+from actors.keys.limit_settings import KeyLimits, LimitSettings
 from actors.keys.material import ReplicaKeyMaterial
 from actors.keys.store import KeyInfo, KeyStore, VerifiedKey
 from config.secrets import load_key_material
 from config.settings import Settings
 from core.errors import GatewayError, busy, service_unavailable
+from core.invalidation import InvalidationTimeout
+from core.limits import LimitsError
 from core.redis_conn import UNREACHABLE, connect
 
 T = TypeVar("T")
@@ -46,6 +50,18 @@ def redis_down_is_503(method: Callable[..., Awaitable[T]]) -> Callable[..., Awai
     return answer
 
 
+def _limits_error(error: Exception) -> GatewayError:
+    """How a refused or unconfirmed limits change answers (anything else propagates)."""
+    if isinstance(error, CeilingExceeded):
+        return GatewayError(403, f"{error}.", type="permission_error", code="above_operator_limit")
+    if isinstance(error, LimitsError):
+        return GatewayError(400, f"Invalid limits: {error}.", code="invalid_value")
+    if isinstance(error, InvalidationTimeout):
+        return GatewayError(503, "The limits are stored, but not every replica confirmed them in time; "
+                            "send the same change again.", type="server_error", code="not_confirmed")
+    raise error
+
+
 class KeyVerifier:
     def __init__(self, settings: Settings, redis_url: str):
         # Reloaded in place when `neuroapi secrets rotate-*` adds a version (actors.keys.material).
@@ -56,6 +72,7 @@ class KeyVerifier:
         self._accounts = AccountService(redis, self._material.current, password_rounds=settings.password_rounds,
                                         session_ttl_s=settings.session_ttl_s)
         self._billing = SealedBillingIds(redis, AccountSealer(self._material.current))
+        self._limits = LimitSettings(redis)
 
     @redis_down_is_503
     async def verify(self, presented_key: str) -> VerifiedKey | None:
@@ -102,6 +119,39 @@ class KeyVerifier:
     @redis_down_is_503
     async def revoke_key(self, account_id: str, prefix: str) -> bool:
         return await self._accounts.revoke_key(account_id, prefix)
+
+    @redis_down_is_503
+    async def update_key_limits(self, account_id: str, prefix: str, changes: dict) -> KeyInfo | GatewayError:
+        """An owner's change to one of its keys' limits (``PATCH /v1/keys/{prefix}``): the
+        named fields, None clears one; in force on every replica when this returns."""
+        try:
+            await self._limits.update_own(account_id, prefix, changes, f"account:{account_id}")
+        except LookupError:
+            return GatewayError(404, f"This account has no key '{prefix}'.", code="key_not_found", param="prefix")
+        except Exception as error:
+            return _limits_error(error)
+        return next(info for info in await self._accounts.list_keys(account_id) if info.prefix == prefix)
+
+    @redis_down_is_503
+    async def set_key_limits(self, prefix: str, changes: dict, actor: str) -> tuple[KeyLimits, int] | GatewayError:
+        """An operator's limits for any key (the admin API): replaces them all; (the key's
+        limits now, replicas that confirmed)."""
+        try:
+            return await self._limits.update_ceiling(prefix, changes, actor, clear=True)
+        except LookupError as error:
+            return GatewayError(404, f"{error}.", code="key_not_found", param="prefix")
+        except Exception as error:
+            return _limits_error(error)
+
+    @redis_down_is_503
+    async def set_account_budget(self, account_id: str, budget_micro: int | None, actor: str) -> int | GatewayError:
+        """An operator's monthly budget for an account (None: none); replicas that confirmed."""
+        try:
+            return await self._limits.set_account_budget(account_id, budget_micro, actor)
+        except AccountError as error:
+            return GatewayError(404, f"{error}.", code="account_not_found", param="email")
+        except Exception as error:
+            return _limits_error(error)
 
     @redis_down_is_503
     async def delete_account(self, account_id: str, password: str) -> bool | GatewayError | None:

@@ -81,7 +81,8 @@ async def test_key_management_shows_a_key_once_and_never_a_secret_again(client, 
     listed = await client.get("/v1/keys", headers=bearer(token))
     assert listed.status_code == 200
     [entry] = listed.json()["data"]
-    assert set(entry) == {"object", "prefix", "name", "status", "created_at", "last_used_at"}
+    assert set(entry) == {"object", "prefix", "name", "status", "created_at", "last_used_at", "limits",
+                          "operator_limits"}
     assert entry["prefix"] == created["prefix"]
     assert key.split("_")[2] not in listed.text
     for _ in range(40):  # ingress replicas report uses in batches every few seconds

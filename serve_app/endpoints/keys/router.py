@@ -5,17 +5,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import GatewayError
-from serve_app.endpoints.keys.schema import ApiKeyList, NewApiKey, NewKey, RevokedKey
+from serve_app.endpoints.keys.schema import ApiKeyInfo, ApiKeyList, KeyLimitsChange, NewApiKey, NewKey, RevokedKey
 from serve_app.endpoints.parsing import parse_body
 from serve_app.gateway import Gateway
-from serve_app.http import read_body
+from serve_app.http import raise_if_error, read_body
 from serve_app.openapi import documented
 
 
 def key_fields(info) -> dict:
     """A key's public description: never the secret, its hash or its ciphertext."""
+    operator = info.ceiling.as_dict()
+    del operator["account_monthly_budget_cost_units"]  # set on the account, never on a key
     return {"prefix": info.prefix, "name": info.name, "status": info.status,
-            "created_at": info.created_at, "last_used_at": info.last_used_at}
+            "created_at": info.created_at, "last_used_at": info.last_used_at,
+            "limits": info.limits.as_dict(), "operator_limits": operator}
 
 
 def keys_router(gateway: Gateway) -> APIRouter:
@@ -46,5 +49,14 @@ def keys_router(gateway: Gateway) -> APIRouter:
         if not await verifier.revoke_key.remote(session.account_id, prefix):
             raise GatewayError(404, f"This account has no key '{prefix}'.", code="key_not_found", param="prefix")
         return JSONResponse({"object": "api_key", "prefix": prefix, "status": "revoked"})
+
+    @router.patch("/v1/keys/{prefix}", **documented(
+            "Set an API key's limits (in force on every replica before the answer)", request=KeyLimitsChange,
+            response=ApiKeyInfo, auth="session", tags=["keys"], errors=[400, 403, 404, 408, 413, 503]))
+    async def set_key_limits(prefix: str, request: Request) -> JSONResponse:
+        session = await callers.session(request)
+        change = parse_body(KeyLimitsChange, await read_body(request, *gateway.body_limits))
+        info = raise_if_error(await verifier.update_key_limits.remote(session.account_id, prefix, change.changes()))
+        return JSONResponse({"object": "api_key", **key_fields(info)})
 
     return router
