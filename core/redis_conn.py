@@ -32,13 +32,20 @@ def default_retry() -> Retry:
 
 
 def connect(url: str, *, socket_timeout: float | None = None, retries: int | None = None,
-            protocol: int | None = None) -> aioredis.Redis:
+            protocol: int | None = None, pool_size: int | None = None) -> aioredis.Redis:
     """``socket_timeout`` bounds every reply (None: wait as long as Redis takes); ``retries``
     replaces the default retries on connection errors (0 for callers that retry themselves);
     ``protocol`` 2 for a subscriber that PINGs with a payload (redis-py 8 parses a RESP3
-    PONG in subscribed mode as a message of garbled type)."""
+    PONG in subscribed mode as a message of garbled type); ``pool_size``: at most this many
+    connections, a command waiting (up to 5 s) for a free one rather than failing (redis-py's
+    default pool raises past its 100)."""
     retry = default_retry() if retries is None else Retry(NoBackoff(), retries)
-    options = {} if protocol is None else {"protocol": protocol}
+    options: dict = {} if protocol is None else {"protocol": protocol}
+    if pool_size is not None:
+        options |= {"connection_pool": aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=5, decode_responses=True, health_check_interval=10,
+            socket_connect_timeout=5, socket_timeout=socket_timeout, retry=retry, **options)}
+        return aioredis.Redis(**options)
     return aioredis.Redis.from_url(
         url, decode_responses=True, health_check_interval=10, socket_connect_timeout=5,
         socket_timeout=socket_timeout, retry=retry, **options,

@@ -17,6 +17,8 @@ from actors.accounts.throttle import SignupThrottle
 from actors.billing.service import BILLING_TOPIC, BillingService, VerifierBillingIds
 from actors.billing.stripe_api import StripeBilling
 from actors.keys.store import KEYS_TOPIC
+from actors.limits.gate import LimitGate
+from actors.limits.store import LimitStore
 from actors.metering.record import CallRecord
 from actors.metering.shipper import RecordShipper
 from actors.metering.spill import SpillFiles
@@ -44,6 +46,7 @@ from serve_app.endpoints.generate.service import GenerateService
 from serve_app.endpoints.messages.service import MessagesService
 from serve_app.endpoints.model_calls import ModelCalls
 
+LIMITS_POOL = 64  # Redis connections per ingress replica for limit checks
 logger = logging.getLogger("neuroapi.ingress")
 
 
@@ -61,6 +64,11 @@ class Gateway:
         self.observe_gateway_ms = observe_gateway_ms
         self.signups = SignupThrottle(self.redis, settings.signup_limit, settings.signup_window_s)
         self.usage = UsageStore(self.redis)
+        # Keys' limits (issue 19): a pool of their own that waits for a free connection under a
+        # burst, and reservations that outlive the longest call, so a settle never finds one gone.
+        self._limits_redis = connect(redis_url, pool_size=LIMITS_POOL)
+        self.limit_store = LimitStore(self._limits_redis, reservation_ttl_s=settings.request_deadline_s + 120)
+        self.limits = LimitGate(self.limit_store, settings)
         self.finetune_service = FineTuneService(settings, self.redis, self._owner_of)
         self.listener = InvalidationListener(redis_url, self._invalidate, self._forget_everything,
                                              settings.cache_outage_serve_s)
@@ -95,14 +103,16 @@ class Gateway:
 
     async def start(self) -> Gateway:
         self.table = await self.router.table.remote()
+        limits = self.limits
         self.calls = ModelCalls(self.table, self._backends, self._resolve_finetune, self.record,
                                 self.settings.prices, self.settings.request_deadline_s,
-                                gate=self.billing_gate.check if self.billing_gate else None)
+                                gate=self.billing_gate.check if self.billing_gate else None, limits=limits)
         self.chat = ChatService(self.calls)
         self.generate = GenerateService(self.calls)
         self.messages = MessagesService(self.calls)
         self.embeddings = EmbeddingService(self.table, self._backends, self.record, self.settings.prices, self.settings.card,
-                                           self.settings.request_deadline_s, self.billing_gate.check if self.billing_gate else None)
+                                           self.settings.request_deadline_s, self.billing_gate.check if self.billing_gate else None,
+                                           limits=limits)
         self._records.start()
         self.listener.start()
         loop = asyncio.get_running_loop()
@@ -162,3 +172,4 @@ class Gateway:
             task.cancel()
         await self.listener.stop()
         await self.redis.aclose()
+        await self._limits_redis.aclose()

@@ -15,12 +15,14 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from actors.keys.store import VerifiedKey
 from actors.metering.call_meter import CallMeter, completion_text, estimated_usage, prompt_text, streamed_text
+from actors.limits.gate import LimitGate, check_model
+from actors.limits.store import Reserved
 from actors.metering.record import CallRecord
 from actors.routing.table import (
     ENGINE_WIRE,
@@ -77,6 +79,7 @@ class ModelAnswer:
     cost_units: str = ""  # its price, exact decimal text
     events: AsyncIterator[bytes] | None = None  # a stream's SSE, recorded however it ends
     native: bool = False  # the answer is Anthropic's own (the backend took ``ModelRequest.native``)
+    headers: Mapping[str, str] = field(default_factory=dict)  # a limited key's x-ratelimit-* values
 
 
 def _tools_text(body: dict[str, Any]) -> str:
@@ -86,8 +89,10 @@ def _tools_text(body: dict[str, Any]) -> str:
 class ModelCalls:
     def __init__(self, table: RoutingTable, backends: Backends, finetunes: FineTuneLookup,
                  record: Callable[[CallRecord], None], prices: Mapping[str, Price], deadline_s: float,
-                 rng: random.Random | None = None, gate: Callable[[str], Awaitable[None]] | None = None):
-        """``gate(account_id)`` raises when the account may not call (billing: 402)."""
+                 rng: random.Random | None = None, gate: Callable[[str], Awaitable[None]] | None = None,
+                 limits: LimitGate | None = None):
+        """``gate(account_id)`` raises when the account may not call (billing: 402); ``limits``
+        applies each key's allow-list, rates and budgets (issue 19)."""
         self._table = table
         self._backends = backends
         self._finetunes = finetunes
@@ -96,6 +101,7 @@ class ModelCalls:
         self._deadline_s = deadline_s
         self._rng = rng or random.Random()
         self._gate = gate
+        self._limits = limits
 
     async def caller(self, meter: CallMeter, authenticate: Callable[[], Awaitable[VerifiedKey]]) -> VerifiedKey:
         """The verified key, on the meter, and the billing gate passed."""
@@ -114,13 +120,19 @@ class ModelCalls:
         ends a native Anthropic stream (done, or an error event)."""
         outcome = Outcome()
         deadline = Deadline.after(self._deadline_s)
+        reserved = None
         try:
             verified = await self.caller(meter, authenticate)
             raw = await read_body()
             meter.request_bytes = len(raw)
             request = parse(raw)
+            check_model(verified.limits, request.model, request.mode)
             body = request.body
             order = await self._order(request, verified, meter)
+            if self._limits is not None:  # before anything is sent upstream
+                reserved = await self._limits.reserve(verified.limits, verified.prefix, verified.account_id,
+                                                      meter.request_id, *self._limits.worst_case(body, order))
+            headers = reserved.headers.as_headers() if reserved is not None else {}
             call = UpstreamCall(meter.request_id, "", body, request.wants_usage_in_stream, verified.scope,
                                 native=request.native, native_betas=request.native_betas)
             if not request.stream:
@@ -129,26 +141,36 @@ class ModelCalls:
                 if estimated:
                     usage = estimated_usage(prompt_text(body["messages"]), completion_text(completion.body))
                 self._answered(meter, outcome)
-                record = meter.finish(200, len(completion.body), usage, estimated, self._prices)
-                self._record(record)
+                record = self._finished(meter.finish(200, len(completion.body), usage, estimated, self._prices),
+                                        reserved)
                 return ModelAnswer(outcome, completion.body, cost_units_text(record.cost_micro_units),
-                                   native=self._native(request, outcome))
+                                   native=self._native(request, outcome), headers=headers)
             events = await open_chat_stream(self._backends, order, call, outcome, deadline, framing)
         except GatewayError as error:
             self._answered(meter, outcome)
-            self._record(meter.rejected(error, self._prices))
+            self._finished(meter.rejected(error, self._prices), reserved)
+            if reserved is not None:  # a limited key's every answer says where it stands
+                error.headers = {**reserved.headers.as_headers(), **error.headers}
             raise
         except Exception as error:  # our own failure is answered (500) and metered like any other
             logger.error("request %s failed: %s", meter.request_id, type(error).__name__)
             failure = internal_error()
             self._answered(meter, outcome)
-            self._record(meter.rejected(failure, self._prices))
+            self._finished(meter.rejected(failure, self._prices), reserved)
             raise failure from None
         self._answered(meter, outcome)
         native = self._native(request, outcome)
         transform = reshape(request, native, meter.mode or None) if reshape is not None else None
-        return ModelAnswer(outcome, events=self.metered_stream(events, meter, outcome, body["messages"], transform),
-                           native=native)
+        return ModelAnswer(outcome, events=self.metered_stream(events, meter, outcome, body["messages"], transform,
+                                                               reserved),
+                           native=native, headers=headers)
+
+    def _finished(self, record: CallRecord, reserved: Reserved | None) -> CallRecord:
+        """The call's record to the batcher, and its real usage against the key's limits."""
+        self._record(record)
+        if self._limits is not None:
+            self._limits.settle(reserved, record.prompt_tokens + record.completion_tokens, record.cost_micro_units)
+        return record
 
     async def count_tokens(self, meter: CallMeter, authenticate: Callable[[], Awaitable[VerifiedKey]],
                            read_body: Callable[[], Awaitable[bytes]],
@@ -161,6 +183,7 @@ class ModelCalls:
         raw = await read_body()
         meter.request_bytes = len(raw)
         request = parse(raw)
+        check_model(verified.limits, request.model, request.mode)
         backend = (await self._order(request, verified, meter))[0]
         meter.backend, meter.model = backend.provider, backend.model
         native = request.native is not None and takes_native(backend)
@@ -235,7 +258,8 @@ class ModelCalls:
             meter.price = price_for(self._prices, backend.model, backend.finetune.price_name)
 
     async def metered_stream(self, events: AsyncIterator[bytes], meter: CallMeter, outcome: Outcome,
-                             messages, reshape: Reshape | None = None) -> AsyncIterator[bytes]:
+                             messages, reshape: Reshape | None = None,
+                             reserved: Reserved | None = None) -> AsyncIterator[bytes]:
         """The caller's SSE body; its record is made however it ends (done, failed, or the
         caller gone mid-stream, when the tokens that reached it are estimated and billed)."""
         relayed: list[bytes] = []  # the backend's pieces (what an estimate reads)
@@ -245,7 +269,7 @@ class ModelCalls:
             usage, estimated = outcome.usage, outcome.usage is None
             if estimated:
                 usage = estimated_usage(prompt_text(messages), streamed_text(relayed))
-            self._record(meter.finish(200, sent, usage, estimated, self._prices))
+            self._finished(meter.finish(200, sent, usage, estimated, self._prices), reserved)
 
         recorded = False
         try:

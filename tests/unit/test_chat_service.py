@@ -5,10 +5,10 @@ calls it gets. Each answered call leaves exactly one record, priced once."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
+from actors.keys.store import VerifiedKey
 from actors.metering.call_meter import CallMeter
 from actors.routing.table import ENGINE_WIRE, build_routing_table
 from config.catalog import Candidate, ModeSpec, Price
@@ -23,7 +23,7 @@ from serve_app.endpoints.model_calls import ModelCalls
 from tests.support.chat_backends import DirectBackends
 
 BASE = "smollm2-135m-instruct"
-KEY = SimpleNamespace(prefix="neuro_abcd1234", account_id="acct_1", scope=UNRESTRICTED)
+KEY = VerifiedKey(prefix="neuro_abcd1234", account_id="acct_1", scope=UNRESTRICTED)
 LIVE = FineTune(name="bot", version=2, base_model=BASE, digest="d", artifact_path="/tmp/bot-v2", owner_account=None,
                 state="live", deployed_by="test", deployed_at_ms=0, rank=8)
 SETTINGS = load_settings(environ={}).model_copy(update={"modes": {

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from types import SimpleNamespace
 
 import pytest
 
+from actors.keys.store import VerifiedKey
 from actors.metering.call_meter import CallMeter
 from actors.providers import ADAPTERS
 from actors.providers.client import ProviderClient
@@ -21,7 +21,7 @@ from core.scope import UNRESTRICTED, Scope
 from serve_app.endpoints.embeddings.service import EmbeddingService
 from tests.support.upstreams import CREDENTIALS
 
-KEY = SimpleNamespace(prefix="neuro_abcd1234", account_id="acct_1", scope=UNRESTRICTED)
+KEY = VerifiedKey(prefix="neuro_abcd1234", account_id="acct_1", scope=UNRESTRICTED)
 
 
 class ProviderEmbeddings:
@@ -77,7 +77,7 @@ async def test_one_record_per_call_priced_once_for_answer_and_bill(setup):
     ({"model": "text-embedding-3-small", "input": "x"}, None, 401, "invalid_api_key"),
     ({"model": "text-embedding-3-small", "input": ""}, KEY, 400, "invalid_value"),
     ({"model": "gpt-4o-mini", "input": "x"}, KEY, 400, "model_not_embedding"),
-    ({"model": "text-embedding-3-small", "input": "x"}, SimpleNamespace(prefix="neuro_scoped12", account_id="a",
+    ({"model": "text-embedding-3-small", "input": "x"}, VerifiedKey(prefix="neuro_scoped12", account_id="a",
                                                                          scope=Scope(in_house_only=True)), 403,
      "scope_forbids"),
     ({"model": "text-embedding-3-small", "input": "word " * 8193}, KEY, 400, "upstream_rejected"),  # OpenAI's 400

@@ -16,9 +16,11 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.routing import Mount
 
+from actors.limits.store import MonthSpend, budget_view
 from actors.metering.usage_report import usage_view
 from actors.metering.usage_store import COUNTERS
 from core.errors import GatewayError, invalid_api_key, service_unavailable
+from core.limits import Limits
 from finetunes.registry import FineTune as RegisteredFineTune
 from serve_app.api import build_api
 from serve_app.endpoints.account.schema import AccountDeletion
@@ -221,8 +223,11 @@ def test_documented_answers_match_what_the_code_builds(document):
     jsonschema.validate(finetune_fields(live), component(document, "FineTune"))
     counters = dict(zip(COUNTERS, range(1, len(COUNTERS) + 1)))  # as UsageStore.month reads them
     month = usage_view("2030-01", {**counters, "by_mode": {"fast": counters}})
-    jsonschema.validate({"object": "usage", "account_id": "acct_1", "data": [month]},
-                        component(document, "UsageDocument"))
+    spend = MonthSpend("2030-01", 1_500_000, 250_000, 2_000_000, 250_000)
+    limits = Limits(rpm=10, key_budget_micro=5_000_000, models=frozenset({"private"}))
+    for prefix in ("neuro_abcd1234", None):  # with an API key, and with a session token
+        jsonschema.validate({"object": "usage", "account_id": "acct_1", "data": [month],
+                             "budgets": budget_view(limits, spend, prefix)}, component(document, "UsageDocument"))
     with pytest.raises(jsonschema.ValidationError):  # the check can fail: a field of the wrong type
         jsonschema.validate({**finetune_fields(live), "version": "3"}, component(document, "FineTune"))
 

@@ -214,6 +214,7 @@ async def test_a_failure_of_the_gateway_itself_is_a_metered_500_in_our_shape(mon
     500 ``internal_error`` and gets a call record, like every other answered request."""
     from types import SimpleNamespace
 
+    from actors.keys.store import VerifiedKey
     from actors.metering.call_meter import CallMeter
     from serve_app.endpoints.chat.service import ChatService
     from serve_app.endpoints.model_calls import ModelCalls
@@ -223,7 +224,7 @@ async def test_a_failure_of_the_gateway_itself_is_a_metered_500_in_our_shape(mon
             raise RuntimeError("a handle call failed")
 
     async def authenticate():
-        return SimpleNamespace(prefix="neuro_abcdefgh", account_id="acct", scope=None)
+        return VerifiedKey(prefix="neuro_abcdefgh", account_id="acct", scope=None)
 
     async def body():
         return json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()

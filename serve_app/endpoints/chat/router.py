@@ -38,11 +38,13 @@ def chat_router(gateway: Gateway) -> APIRouter:
         upstream_ms = answer.outcome.upstream_ms
         if answer.events is None:
             return Response(answer.body, media_type="application/json", headers={
-                "Server-Timing": timing(started, upstream_ms, stream=False), COST_HEADER: answer.cost_units})
+                "Server-Timing": timing(started, upstream_ms, stream=False), COST_HEADER: answer.cost_units,
+                **answer.headers})
         return StreamingResponse(answer.events, media_type="text/event-stream", headers={
             "Server-Timing": timing(started, upstream_ms, stream=True),
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
+            **answer.headers,
         })
 
     return router

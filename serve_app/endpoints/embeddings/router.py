@@ -33,6 +33,7 @@ def embeddings_router(gateway: Gateway) -> APIRouter:
                                                  lambda: read_body(request, *gateway.body_limits))
         own_ms = gateway_ms(started, answer.upstream_ms)
         return Response(answer.body, media_type="application/json", headers={
-            "Server-Timing": server_timing(own_ms, answer.upstream_ms), COST_HEADER: answer.cost_units})
+            "Server-Timing": server_timing(own_ms, answer.upstream_ms), COST_HEADER: answer.cost_units,
+            **answer.headers})
 
     return router

@@ -31,7 +31,7 @@ def generate_router(gateway: Gateway) -> APIRouter:
                                                      lambda: read_body(request, *gateway.chat_body_limits))
         own_ms = gateway_ms(started, answer.outcome.upstream_ms)
         gateway.observe_gateway_ms(own_ms, answer.events is not None)
-        headers = {"Server-Timing": server_timing(own_ms, answer.outcome.upstream_ms)}
+        headers = {"Server-Timing": server_timing(own_ms, answer.outcome.upstream_ms), **answer.headers}
         if answer.events is None:
             return Response(body, media_type="application/json", headers=headers | {COST_HEADER: answer.cost_units})
         return StreamingResponse(answer.events, media_type="text/event-stream",

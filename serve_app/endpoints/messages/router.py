@@ -63,6 +63,7 @@ def messages_router(gateway: Gateway) -> APIRouter:
         own_ms = gateway_ms(started, answer.outcome.upstream_ms)
         gateway.observe_gateway_ms(own_ms, answer.events is not None)
         headers["Server-Timing"] = server_timing(own_ms, answer.outcome.upstream_ms)
+        headers |= answer.headers
         if answer.events is None:
             headers[COST_HEADER] = answer.cost_units
             return Response(result.body, media_type="application/json", headers=headers)

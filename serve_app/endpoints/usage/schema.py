@@ -24,7 +24,29 @@ class UsageMonth(UsageCounters):
                                                           "that named a model.")
 
 
+class Budget(BaseModel):
+    monthly_budget_cost_units: str | None = Field(description="The monthly budget; null: none.")
+    spent_cost_units: str = Field(description="Spent this month by calls held to the budget.")
+    reserved_cost_units: str = Field(description="Held by calls in flight (their worst case, until they end).")
+    left_cost_units: str | None = Field(description="What a new call may still reserve; null without a budget.")
+
+
+class KeyBudget(Budget):
+    prefix: str
+    rpm: int | None
+    tpm: int | None
+    models: list[str] | None = Field(description="The models and modes the key may call; null: any.")
+
+
+class Budgets(BaseModel):
+    month: str
+    account: Budget
+    key: KeyBudget | None = Field(default=None, description="With an API key: that key's limits.")
+
+
 class UsageDocument(BaseModel):
     object: Literal["usage"]
     account_id: str
     data: list[UsageMonth] = Field(description="This month and the one before.")
+    budgets: Budgets = Field(description="This month's budgets and what is left (limits set by the operator or "
+                                         "the account's owner).")
