@@ -68,9 +68,13 @@ class LimitGate:
         self._settling: set[asyncio.Task] = set()  # settles in flight (a task needs a reference)
 
     def _completion_bound(self, backend: Backend, body: dict[str, Any]) -> int:
+        """The most the call's completions may hold: each of its ``n`` choices."""
+        return self._choice_bound(backend, body) * int(body.get("n") or 1)
+
+    def _choice_bound(self, backend: Backend, body: dict[str, Any]) -> int:
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
         if asked:
-            return int(asked) * int(body.get("n") or 1)
+            return int(asked)
         if backend.wire == ENGINE_WIRE or backend.finetune is not None:
             spec = self._settings.in_house_models.get(backend.model)
             if spec is not None:
