@@ -57,3 +57,22 @@ def fake():
     server = FakeStripe().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def neuroapi(own_redis, monkeypatch, capsys):
+    """``neuroapi ...`` in-process against the module's Redis: (exit code, stdout, stderr)."""
+    from core import logs
+    from serve_app import cli
+    with own_redis.client() as client:
+        client.flushdb()
+    monkeypatch.delenv("NEUROAPI_CONFIG", raising=False)
+    monkeypatch.setenv("NEUROAPI_REDIS_URL", own_redis.url)
+    monkeypatch.setattr(logs, "install", lambda **_: None)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -175,24 +175,6 @@ async def test_clearing_removes_the_fields_and_unknown_things_are_refused(redis,
         await settings.set_account_budget("acct_missing", 1, "cli:ops")
 
 
-@pytest.fixture
-def neuroapi(own_redis, monkeypatch, capsys):
-    """``neuroapi ...`` in-process against the module's Redis: (exit code, stdout, stderr)."""
-    from core import logs
-    from serve_app import cli
-    with own_redis.client() as client:
-        client.flushdb()
-    monkeypatch.delenv("NEUROAPI_CONFIG", raising=False)
-    monkeypatch.setenv("NEUROAPI_REDIS_URL", own_redis.url)
-    monkeypatch.setattr(logs, "install", lambda **_: None)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = cli.main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
 
 def test_the_cli_shows_sets_and_clears_a_keys_limits_and_an_accounts_budget(neuroapi, own_redis):
     assert neuroapi("accounts", "create", "ops@example.com")[0] == 0

@@ -20,7 +20,6 @@ from core.errors import GatewayError
 from core.invalidation import CHANNEL, InvalidationTimeout, broadcast
 from core.naming import IN_HOUSE_PROVIDER
 from core.scope import UNRESTRICTED, Scope, ScopeError
-from serve_app import cli
 from tests.support.key_material import account_store
 from tests.support.listeners import listening
 
@@ -146,22 +145,6 @@ async def test_the_router_answers_scopes_and_maps_each_error_as_the_admin_api_sh
     assert shown(late) == (503, "server_error", "not_confirmed", None, "The scope is stored, but not every replica "
                            "confirmed it in time; send the same change again.")
 
-
-@pytest.fixture
-def neuroapi(own_redis, monkeypatch, capsys):
-    """``neuroapi ...`` in-process against the module's Redis: (exit code, stdout, stderr)."""
-    with own_redis.client() as client:
-        client.flushdb()
-    monkeypatch.delenv("NEUROAPI_CONFIG", raising=False)
-    monkeypatch.setenv("NEUROAPI_REDIS_URL", own_redis.url)
-    monkeypatch.setattr(logs, "install", lambda **_: None)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = cli.main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_the_cli_shows_sets_and_clears_a_scope(neuroapi):
