@@ -158,3 +158,22 @@ async def test_a_stream_is_recorded_once_when_it_ends(upstreams):
     received = b"".join([piece async for piece in answer.events])
     assert received.endswith(b"data: [DONE]\n\n")
     assert [(r.request_id, r.status, r.response_bytes) for r in records] == [("req-6", 200, len(received))]
+
+
+async def test_a_fine_tune_is_skipped_for_what_only_claude_honours_on_v1_messages(upstreams):
+    """/v1/messages: a fine-tune is held to the same Claude-only rule as every other non-Claude
+    candidate (never served with top_k silently dropped)."""
+    from serve_app.endpoints.messages.service import MessagesService
+
+    records = []
+    chat, backends = service(upstreams, live, records)
+    messages = MessagesService(chat._calls)
+
+    async def anthropic_body():
+        return json.dumps({"model": "ft:bot", "max_tokens": 8, "top_k": 5,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    with pytest.raises(GatewayError) as refused:
+        await messages.answer(CallMeter.start("req-8", "50"), authenticated, anthropic_body, ())
+    assert (refused.value.status, refused.value.code) == (400, "unsupported_parameter")
+    assert "'top_k'" in refused.value.message and backends.in_house_calls == []
